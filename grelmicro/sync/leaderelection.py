@@ -1,0 +1,255 @@
+"""Leader election: one worker at a time holds a renewed lease."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+from typing import Annotated, Self
+from uuid import UUID
+
+import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+from typing_extensions import Doc
+
+from grelmicro._validate import less_than, number
+from grelmicro.sync._primitive import Primitive, call_backend
+from grelmicro.sync.abc import SyncBackend
+from grelmicro.sync.errors import LockAcquireError, LockReleaseError
+
+logger = logging.getLogger("grelmicro.sync")
+
+
+class LeaderElection(Primitive):
+    """Elect one leader among the workers, with a lease renewed in the background.
+
+    Add it to a `TaskManager` (it is a task): it keeps trying to take the
+    lease and, once leader, renews it every `retry_interval`. `is_leader()`
+    turns False as soon as `renew_deadline` passes without a successful
+    renewal, so a leader cut off from the backend steps down before its lease
+    (`lease_duration`) can expire and another worker can take over. When the
+    task is cancelled (the manager exits), it releases the lease at once.
+
+    `async with leader:` is a guard: it enters only while this worker is the
+    leader and raises `anyio.WouldBlock` otherwise.
+    """
+
+    kind = "leader"
+
+    def __init__(
+        self,
+        name: Annotated[str, Doc("The name of the election.")],
+        *,
+        backend: Annotated[
+            SyncBackend | None,
+            Doc("The backend; the default backend when None, resolved at first use."),
+        ] = None,
+        worker: Annotated[
+            str | UUID | None,
+            Doc("This worker's identity; a random UUID when None."),
+        ] = None,
+        lease_duration: Annotated[
+            float, Doc("Seconds the lease lasts on the backend after each renewal.")
+        ] = 15,
+        renew_deadline: Annotated[
+            float,
+            Doc(
+                "Seconds without a successful renewal after which the leader steps down."
+            ),
+        ] = 10,
+        retry_interval: Annotated[
+            float, Doc("Seconds between two attempts to take or renew the lease.")
+        ] = 2,
+        backend_timeout: Annotated[
+            float, Doc("Maximum seconds one backend call may take.")
+        ] = 5,
+        error_interval: Annotated[
+            float, Doc("Minimum seconds between two logs of repeated backend errors.")
+        ] = 30,
+    ) -> None:
+        super().__init__(name, backend=backend, worker=worker)
+        self.lease_duration = number("lease_duration", lease_duration)
+        self.renew_deadline = number("renew_deadline", renew_deadline)
+        self.retry_interval = number("retry_interval", retry_interval)
+        self.backend_timeout = number("backend_timeout", backend_timeout)
+        self.error_interval = number("error_interval", error_interval)
+        less_than(
+            "renew_deadline",
+            self.renew_deadline,
+            "lease_duration",
+            self.lease_duration,
+        )
+        less_than(
+            "retry_interval", self.retry_interval, "renew_deadline", self.renew_deadline
+        )
+        less_than(
+            "backend_timeout",
+            self.backend_timeout,
+            "renew_deadline",
+            self.renew_deadline,
+        )
+        # Monotonic time at which the last successful acquire/renew was *sent*.
+        self._renewed_at: float | None = None
+        self._changed: anyio.Event | None = None
+        self._running = False
+        self._last_error_log = -float("inf")
+        self._errors_suppressed = 0
+
+    # State ----------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        """Whether this worker is the leader now.
+
+        False once `renew_deadline` has passed since the last successful
+        renewal, even before the background task notices it.
+        """
+        renewed_at = self._renewed_at
+        return (
+            renewed_at is not None
+            and time.monotonic() - renewed_at < self.renew_deadline
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the election task is running."""
+        return self._running
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait_change(self, timeout: float | None) -> None:  # noqa: ASYNC109
+        if self._changed is None:
+            self._changed = anyio.Event()
+        event = self._changed
+        if timeout is None:
+            await event.wait()
+            return
+        with anyio.move_on_after(timeout):
+            await event.wait()
+
+    async def wait_for_leader(self) -> None:
+        """Wait until this worker is the leader."""
+        while not self.is_leader():
+            await self._wait_change(None)
+
+    async def wait_lose_leader(self) -> None:
+        """Wait until this worker is no longer the leader."""
+        while self.is_leader():
+            renewed_at = self._renewed_at
+            assert renewed_at is not None
+            left = renewed_at + self.renew_deadline - time.monotonic()
+            await self._wait_change(max(left, 0.0))
+
+    # Guard ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Enter only while this worker is the leader; else raise `WouldBlock`."""
+        if not self.is_leader():
+            raise anyio.WouldBlock
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Nothing to release: the lease is managed by the election task."""
+
+    # Task -------------------------------------------------------------------
+
+    async def __call__(
+        self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the election until cancelled, then release the lease."""
+        if self._running:
+            msg = f"LeaderElection({self.name!r}) is already running"
+            raise RuntimeError(msg)
+        self._running = True
+        self._changed = anyio.Event()
+        task_status.started()
+        try:
+            while True:
+                await self._round()
+                await self._sleep_until_next_round()
+        finally:
+            self._running = False
+            with anyio.CancelScope(shield=True):
+                await self._step_down()
+
+    async def _sleep_until_next_round(self) -> None:
+        await anyio.sleep(self.retry_interval)
+
+    async def _round(self) -> None:
+        """Take or renew the lease once."""
+        backend = self.backend
+        started = time.monotonic()
+        try:
+            acquired = await call_backend(
+                lambda: backend.acquire(
+                    name=self.key, token=self.worker, duration=self.lease_duration
+                ),
+                lambda: LockAcquireError(name=self.key, token=self.worker),
+                self.backend_timeout,
+            )
+        except Exception as exc:
+            self._log_error(exc)
+            if self._renewed_at is not None and not self.is_leader():
+                self._set_leader(None)
+            return
+        self._recovered()
+        self._set_leader(started if acquired else None)
+
+    def _set_leader(self, renewed_at: float | None) -> None:
+        was_leader = self._renewed_at is not None
+        self._renewed_at = renewed_at
+        if renewed_at is not None and not was_leader:
+            logger.info("Leader elected: %s (worker %s)", self.name, self.worker)
+            self._notify()
+        elif renewed_at is None and was_leader:
+            logger.info("Leader lost: %s (worker %s)", self.name, self.worker)
+            self._notify()
+
+    async def _step_down(self) -> None:
+        was_leader = self._renewed_at is not None
+        self._set_leader(None)
+        if not was_leader:
+            return
+        try:
+            backend = self.backend
+            await call_backend(
+                lambda: backend.release(name=self.key, token=self.worker),
+                lambda: LockReleaseError(name=self.key, token=self.worker),
+                self.backend_timeout,
+            )
+        except Exception:
+            logger.warning(
+                "Leader election could not release the lease: %s (it expires "
+                "within lease_duration=%ss)",
+                self.name,
+                self.lease_duration,
+                exc_info=True,
+            )
+
+    def _log_error(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= self.error_interval:
+            suppressed = self._errors_suppressed
+            extra = f" ({suppressed} similar errors not logged)" if suppressed else ""
+            logger.error(
+                "Leader election backend error: %s%s", self.name, extra, exc_info=exc
+            )
+            self._last_error_log = now
+            self._errors_suppressed = 0
+        else:
+            self._errors_suppressed += 1
+            logger.debug("Leader election backend error: %s: %r", self.name, exc)
+
+    def _recovered(self) -> None:
+        if self._last_error_log != -float("inf"):
+            logger.info("Leader election backend recovered: %s", self.name)
+            self._last_error_log = -float("inf")
+            self._errors_suppressed = 0

@@ -1,0 +1,209 @@
+"""Distributed resource lock."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Annotated, Self
+from uuid import UUID
+
+import anyio
+import anyio.from_thread
+from typing_extensions import Doc
+
+from grelmicro._validate import number
+from grelmicro.sync._primitive import DEFAULT_BACKEND_TIMEOUT, Primitive, call_backend
+from grelmicro.sync.abc import SyncBackend
+from grelmicro.sync.errors import (
+    LockAcquireError,
+    LockNotOwnedError,
+    LockReleaseError,
+    LockStateError,
+)
+
+
+class Lock(Primitive):
+    """A distributed lock, held by one task of one worker at a time.
+
+    The lock is owned by the task (or thread) that acquired it: another task of
+    the same worker waits like any other worker. The lease expires on the
+    server after `lease_duration` seconds, so a crashed holder never blocks
+    the others for longer than that.
+
+    ```python
+    lock = Lock("report")
+
+    async with lock:
+        ...
+    ```
+    """
+
+    kind = "lock"
+
+    def __init__(
+        self,
+        name: Annotated[str, Doc("The name of the resource to lock.")],
+        *,
+        backend: Annotated[
+            SyncBackend | None,
+            Doc("The backend; the default backend when None, resolved at first use."),
+        ] = None,
+        worker: Annotated[
+            str | UUID | None,
+            Doc("This worker's identity; a random UUID when None."),
+        ] = None,
+        lease_duration: Annotated[
+            float, Doc("Seconds the lock stays held if it is not released.")
+        ] = 60,
+        retry_interval: Annotated[
+            float, Doc("Seconds between two attempts while waiting for the lock.")
+        ] = 0.1,
+    ) -> None:
+        super().__init__(name, backend=backend, worker=worker)
+        self.lease_duration = number("lease_duration", lease_duration)
+        self.retry_interval = number("retry_interval", retry_interval)
+        self._timeout = DEFAULT_BACKEND_TIMEOUT
+
+    # Tokens -----------------------------------------------------------------
+
+    def _task_token(self) -> str:
+        return f"{self.worker}/task-{anyio.get_current_task().id}"
+
+    def _thread_token(self) -> str:
+        return f"{self.worker}/thread-{threading.get_ident()}"
+
+    # Token-level operations (shared by the async API and `from_thread`) -----
+
+    async def do_acquire(self, token: str) -> bool:
+        """Try once to take (or extend) the lock for `token`."""
+        backend = self.backend
+        return await call_backend(
+            lambda: backend.acquire(
+                name=self.key, token=token, duration=self.lease_duration
+            ),
+            lambda: LockAcquireError(name=self.name, token=token),
+            self._timeout,
+        )
+
+    async def do_acquire_wait(self, token: str) -> None:
+        """Take the lock for `token`, retrying every `retry_interval`."""
+        while not await self.do_acquire(token):  # noqa: ASYNC110
+            await anyio.sleep(self.retry_interval)
+
+    async def do_release(self, token: str) -> None:
+        """Release the lock held by `token`; `LockNotOwnedError` if it does not."""
+        backend = self.backend
+        released = await call_backend(
+            lambda: backend.release(name=self.key, token=token),
+            lambda: LockReleaseError(name=self.name, token=token),
+            self._timeout,
+        )
+        if not released:
+            raise LockNotOwnedError(name=self.name, token=token)
+
+    async def do_owned(self, token: str) -> bool:
+        """Whether `token` holds the lock."""
+        backend = self.backend
+        return await call_backend(
+            lambda: backend.owned(name=self.key, token=token),
+            lambda: LockStateError(name=self.name, operation=f"owned(token={token!r})"),
+            self._timeout,
+        )
+
+    # Async API ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Wait for the lock and take it."""
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Release the lock (even when the block is cancelled)."""
+        with anyio.CancelScope(shield=True):
+            await self.release()
+
+    async def acquire(self) -> None:
+        """Wait until the lock is free, then take it.
+
+        Raises `LockAcquireError` when the backend fails.
+        """
+        await self.do_acquire_wait(self._task_token())
+
+    async def acquire_nowait(self) -> None:
+        """Take the lock now, or raise `anyio.WouldBlock` if another owner holds it."""
+        if not await self.do_acquire(self._task_token()):
+            raise anyio.WouldBlock
+
+    async def release(self) -> None:
+        """Release the lock; `LockNotOwnedError` if this task does not hold it."""
+        await self.do_release(self._task_token())
+
+    async def locked(self) -> bool:
+        """Whether any owner holds the lock."""
+        backend = self.backend
+        return await call_backend(
+            lambda: backend.locked(name=self.key),
+            lambda: LockStateError(name=self.name, operation="locked()"),
+            self._timeout,
+        )
+
+    async def owned(self) -> bool:
+        """Whether the current task holds the lock."""
+        return await self.do_owned(self._task_token())
+
+    @property
+    def from_thread(self) -> ThreadLockAdapter:
+        """A blocking adapter for code running in a worker thread (`to_thread`)."""
+        return ThreadLockAdapter(self)
+
+
+class ThreadLockAdapter:
+    """Blocking access to a `Lock` from an anyio worker thread.
+
+    The owner is the calling thread. Use it from code started with
+    `anyio.to_thread.run_sync` (sync task functions run that way).
+    """
+
+    def __init__(self, lock: Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> Self:
+        """Wait for the lock and take it."""
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Release the lock."""
+        self.release()
+
+    def acquire(self) -> None:
+        """Wait until the lock is free, then take it."""
+        anyio.from_thread.run(self._lock.do_acquire_wait, self._lock._thread_token())
+
+    def acquire_nowait(self) -> None:
+        """Take the lock now, or raise `anyio.WouldBlock`."""
+        token = self._lock._thread_token()
+        if not anyio.from_thread.run(self._lock.do_acquire, token):
+            raise anyio.WouldBlock
+
+    def release(self) -> None:
+        """Release the lock held by this thread."""
+        anyio.from_thread.run(self._lock.do_release, self._lock._thread_token())
+
+    def locked(self) -> bool:
+        """Whether any owner holds the lock."""
+        return anyio.from_thread.run(self._lock.locked)
+
+    def owned(self) -> bool:
+        """Whether this thread holds the lock."""
+        return anyio.from_thread.run(self._lock.do_owned, self._lock._thread_token())

@@ -1,0 +1,145 @@
+"""Task manager: runs the tasks of its routers inside the application lifespan."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+from typing_extensions import Doc
+
+from grelmicro.errors import OutOfContextError
+from grelmicro.sync.leaderelection import LeaderElection
+from grelmicro.task._interval import IntervalTask
+from grelmicro.task.abc import Task
+from grelmicro.task.router import TaskRouter
+
+if TYPE_CHECKING:
+    from grelmicro.sync.abc import SyncBackend
+
+logger = logging.getLogger("grelmicro.task")
+
+
+class TaskManager(TaskRouter):
+    """Runs tasks in an anyio task group while it is entered.
+
+    ```python
+    task = TaskManager()
+
+    @task.interval(seconds=5)
+    async def heartbeat() -> None: ...
+
+    async with task:  # in the application lifespan
+        ...
+    ```
+
+    With `broker=` (a FastStream `RedisBroker` or `NatsBroker`), every
+    primitive given no `backend=` uses that broker's connection while the
+    manager is entered. On exit the tasks are cancelled and awaited, and what
+    they hold (leadership, locks) is released.
+    """
+
+    def __init__(
+        self,
+        *,
+        auto_start: Annotated[
+            bool, Doc("Start the tasks when the manager is entered.")
+        ] = True,
+        tasks: Annotated[list[Task] | None, Doc("Tasks to run.")] = None,
+        broker: Annotated[
+            Any,
+            Doc(
+                "A FastStream RedisBroker or NatsBroker: its connection becomes "
+                "the default synchronization backend while the manager is entered."
+            ),
+        ] = None,
+    ) -> None:
+        super().__init__(tasks=tasks)
+        self._auto_start = auto_start
+        self._broker = broker
+        self._broker_backend: SyncBackend | None = None
+        if broker is not None:
+            from grelmicro.brokers import backend_for
+
+            self._broker_backend = backend_for(broker)
+        self._task_group: TaskGroup | None = None
+        self._running = False
+
+    @property
+    def broker(self) -> Any:
+        """The FastStream broker given at construction, if any."""
+        return self._broker
+
+    @property
+    def backend(self) -> SyncBackend | None:
+        """The backend built for `broker`, if any."""
+        return self._broker_backend
+
+    async def __aenter__(self) -> Self:
+        """Enter the task group and, when `auto_start`, start every task."""
+        if self._task_group is not None:
+            msg = "TaskManager is already entered"
+            raise RuntimeError(msg)
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        try:
+            if self._broker_backend is not None:
+                await self._broker_backend.__aenter__()
+            if self._auto_start:
+                await self.start()
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def start(self) -> None:
+        """Start every task; raises `OutOfContextError` outside `async with`."""
+        task_group = self._task_group
+        if task_group is None:
+            raise OutOfContextError(self, "start")
+        if self._running:
+            return
+        self.do_mark_as_started()
+        self._running = True
+        tasks = self.tasks
+        for leader in _missing_leaders(tasks):
+            logger.debug("Starting leader election used by a task: %s", leader.name)
+            tasks.append(leader)
+        for task in tasks:
+            task_group.start_soon(task, name=f"grelmicro-task:{task.name}")
+        logger.debug("Task manager started %d tasks", len(tasks))
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        """Cancel the tasks, wait for them and release what they hold."""
+        task_group = self._task_group
+        if task_group is None:
+            return None
+        try:
+            task_group.cancel_scope.cancel()
+            return await task_group.__aexit__(exc_type, exc_value, traceback)
+        finally:
+            self._task_group = None
+            self._running = False
+            if self._broker_backend is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._broker_backend.__aexit__(None, None, None)
+
+
+def _missing_leaders(tasks: list[Task]) -> list[LeaderElection]:
+    """Leader elections used by interval tasks but neither added nor running."""
+    present = {id(task) for task in tasks}
+    missing: list[LeaderElection] = []
+    for task in tasks:
+        leader = task.leader if isinstance(task, IntervalTask) else None
+        if leader is not None and id(leader) not in present and not leader.running:
+            present.add(id(leader))
+            missing.append(leader)
+    return missing
