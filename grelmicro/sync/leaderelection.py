@@ -169,7 +169,6 @@ class LeaderElection(Primitive):
             msg = f"LeaderElection({self.name!r}) is already running"
             raise RuntimeError(msg)
         self._running = True
-        self._changed = anyio.Event()
         task_status.started()
         try:
             while True:

