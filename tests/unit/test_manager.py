@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ async def test_local_task_runs_repeatedly_with_gap_between_attempts() -> None:
     async with manager:
         await anyio.sleep(0.4)
     assert 3 <= len(starts) <= 7
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     # The wait is between the end of one attempt and the next: >= 0.02 + 0.05.
     assert min(gaps) >= 0.065
 
@@ -133,7 +134,7 @@ async def test_two_managers_share_backend_run_at_most_once_per_min_lock() -> Non
         await anyio.sleep(1.05)
     times = [t for _, t in runs]
     assert 4 <= len(times) <= 6
-    assert all(b - a >= 0.2 - 0.005 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= 0.2 - 0.005 for a, b in itertools.pairwise(times))
 
 
 async def test_locked_task_skips_while_other_worker_holds(
