@@ -137,23 +137,44 @@ def http_ok(host: str, port: int, path: str, timeout: float = 0.5) -> bool:
 
 @functools.cache
 def docker_available() -> bool:
-    """Whether a Docker engine answers (and testcontainers is installed)."""
+    """Whether a Docker engine answers its /_ping (and testcontainers is installed).
+
+    Checked with a raw request (no Docker SDK client is left open): the engine
+    at ``DOCKER_HOST``, else the default unix socket.
+    """
     if os.environ.get("GRELMICRO_TEST_NO_DOCKER"):
         return False
     try:
-        import docker  # type: ignore[import-untyped]
         import testcontainers  # noqa: F401
     except ImportError:
         return False
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
-        client = docker.from_env(timeout=3)
-        try:
-            client.ping()
-        finally:
-            client.close()
-    except Exception:
+        if host.startswith("unix://"):
+            path = host.removeprefix("unix://")
+            if not Path(path).exists():
+                return False
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(3)
+            with sock:
+                sock.connect(path)
+                return _docker_ping(sock)
+        if host.startswith("tcp://"):
+            from urllib.parse import urlparse
+
+            parsed = urlparse(host)
+            address = (parsed.hostname or "127.0.0.1", parsed.port or 2375)
+            with socket.create_connection(address, timeout=3) as sock:
+                return _docker_ping(sock)
+    except OSError:
         return False
-    return True
+    return False  # other schemes (ssh://, npipe://) are not probed
+
+
+def _docker_ping(sock: socket.socket) -> bool:
+    sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+    answer = sock.recv(1024)
+    return answer.startswith(b"HTTP/1.") and b" 200 " in answer.split(b"\r\n")[0]
 
 
 def find_redis_server() -> str | None:
