@@ -14,7 +14,7 @@ import pytest
 
 from tests.servers import NatsCluster, NatsServer, RedisServer, Server, launch
 
-S = TypeVar("S", Server, NatsCluster)
+S = TypeVar("S", bound=Server | NatsCluster)
 
 
 @pytest.fixture(scope="session")

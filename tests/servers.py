@@ -929,18 +929,19 @@ def _open_concurrently(members: list[NatsServer]) -> None:
 
 # Pytest integration -------------------------------------------------------------
 
-S = TypeVar("S", Server, NatsCluster)
+S = TypeVar("S", bound=Server | NatsCluster)
 
 
 def launch(server: S) -> S:
     """Open `server`; skip the test if it cannot start (fail under ``CI=true``)."""
     try:
-        return server.open()
+        server.open()
     except ServerUnavailableError as exc:
         reason = f"{type(server).__name__} unavailable: {exc}"
         if is_ci():
             pytest.fail(f"{reason} (CI=true: a missing server is a failure)")
         pytest.skip(reason)
+    return server
 
 
 __all__ = [

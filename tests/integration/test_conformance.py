@@ -361,7 +361,9 @@ async def test_task_lock_expires_after_max_lock_seconds(
 # LeaderElection ---------------------------------------------------------------
 
 
-def election(key: str, backend: SyncBackend, worker: str, lease: float = 10):
+def election(
+    key: str, backend: SyncBackend, worker: str, lease: float = 10
+) -> LeaderElection:
     """A fast-retrying election for tests."""
     return LeaderElection(
         key,
