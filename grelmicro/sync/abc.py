@@ -8,9 +8,10 @@ backends only through it.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Annotated, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol, Self, runtime_checkable
 
-from typing_extensions import Doc
+if TYPE_CHECKING:
+    from typing_extensions import Doc
 
 
 @runtime_checkable

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import threading
-from types import TracebackType
-from typing import Annotated, Self
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Annotated, Self
 from uuid import UUID
 
 import anyio
-import anyio.from_thread
-from typing_extensions import Doc
 
 from grelmicro._validate import number
 from grelmicro.sync._primitive import DEFAULT_BACKEND_TIMEOUT, Primitive, call_backend
@@ -20,6 +18,9 @@ from grelmicro.sync.errors import (
     LockReleaseError,
     LockStateError,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Doc
 
 
 class Lock(Primitive):
@@ -188,22 +189,33 @@ class ThreadLockAdapter:
 
     def acquire(self) -> None:
         """Wait until the lock is free, then take it."""
-        anyio.from_thread.run(self._lock.do_acquire_wait, self._lock._thread_token())
+        _from_thread().run(self._lock.do_acquire_wait, self._lock._thread_token())
 
     def acquire_nowait(self) -> None:
         """Take the lock now, or raise `anyio.WouldBlock`."""
         token = self._lock._thread_token()
-        if not anyio.from_thread.run(self._lock.do_acquire, token):
+        if not _from_thread().run(self._lock.do_acquire, token):
             raise anyio.WouldBlock
 
     def release(self) -> None:
         """Release the lock held by this thread."""
-        anyio.from_thread.run(self._lock.do_release, self._lock._thread_token())
+        _from_thread().run(self._lock.do_release, self._lock._thread_token())
 
     def locked(self) -> bool:
         """Whether any owner holds the lock."""
-        return anyio.from_thread.run(self._lock.locked)
+        locked: bool = _from_thread().run(self._lock.locked)
+        return locked
 
     def owned(self) -> bool:
         """Whether this thread holds the lock."""
-        return anyio.from_thread.run(self._lock.do_owned, self._lock._thread_token())
+        owned: bool = _from_thread().run(
+            self._lock.do_owned, self._lock._thread_token()
+        )
+        return owned
+
+
+def _from_thread() -> ModuleType:
+    """`anyio.from_thread`, imported on first use (it is slow to import)."""
+    import anyio.from_thread
+
+    return anyio.from_thread

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import Annotated, Self
-
-from typing_extensions import Doc
+from typing import TYPE_CHECKING, Annotated, Self
 
 from grelmicro.sync._backends import register_backend, unregister_backend
+
+if TYPE_CHECKING:
+    from typing_extensions import Doc
 
 
 class MemorySyncBackend:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import Annotated, Self
+from typing import TYPE_CHECKING, Annotated, Self
 from uuid import UUID
 
 import anyio
-from typing_extensions import Doc
 
 from grelmicro._validate import less_than, number
 from grelmicro.sync._primitive import DEFAULT_BACKEND_TIMEOUT, Primitive, call_backend
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import LockAcquireError, LockReleaseError, LockStateError
+
+if TYPE_CHECKING:
+    from typing_extensions import Doc
 
 
 class TaskLock(Primitive):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import inspect
 import logging
 import time
@@ -13,7 +15,6 @@ import anyio
 import anyio.to_thread
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
-from fast_depends import inject
 
 from grelmicro.sync.abc import Synchronization
 from grelmicro.sync.errors import SyncBackendError
@@ -52,8 +53,11 @@ def prepare_call(function: Callable[..., Any]) -> Callable[[], Awaitable[Any]]:
     Parameters are resolved by FastDepends (`Depends(...)`); a sync function
     runs in a worker thread so it never blocks the event loop.
     """
-    takes_params = _has_parameters(function)
-    target: Callable[..., Any] = inject(function) if takes_params else function
+    target: Callable[..., Any] = function
+    if _has_parameters(function):
+        from fast_depends import inject  # imported on first use: it is heavy
+
+        target = inject(function)
     if is_async_callable(function):
         return cast("Callable[[], Awaitable[Any]]", target)
 
@@ -63,7 +67,15 @@ def prepare_call(function: Callable[..., Any]) -> Callable[[], Awaitable[Any]]:
     return run_in_thread
 
 
+_VARIADIC = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+
+
 def _has_parameters(function: Callable[..., Any]) -> bool:
+    code = getattr(function, "__code__", None)
+    if code is not None and not inspect.ismethod(function):
+        return bool(
+            code.co_argcount or code.co_kwonlyargcount or code.co_flags & _VARIADIC
+        )
     try:
         return bool(inspect.signature(function).parameters)
     except (TypeError, ValueError):  # builtins without a signature
@@ -97,6 +109,12 @@ class IntervalTask:
         self._call = prepare_call(function)
         self._last_sync_error_log = -float("inf")
         self._sync_errors_suppressed = 0
+        self.local = task_lock is None and leader is None and sync is None
+        #: One attempt for the scheduler: the bare call for local tasks (the
+        #: scheduler logs their exceptions), else the guarded attempt.
+        self.attempt_once: Callable[[], Awaitable[Any]] = (
+            self._call if self.local else self.attempt
+        )
 
     @property
     def name(self) -> str:
@@ -111,12 +129,9 @@ class IntervalTask:
     ) -> None:
         """Run the loop until cancelled."""
         task_status.started()
-        if self.task_lock is None and self.leader is None and self.sync is None:
-            while True:
-                await self._run()
-                await anyio.sleep(self.interval)
+        attempt = self._run if self.local else self.attempt
         while True:
-            await self.attempt()
+            await attempt()
             await anyio.sleep(self.interval)
 
     async def _run(self) -> None:
@@ -207,3 +222,96 @@ class IntervalTask:
             logger.info("Task synchronization recovered: %s", self._name)
             self._last_sync_error_log = -float("inf")
             self._sync_errors_suppressed = 0
+
+
+class IntervalScheduler:
+    """Runs many interval tasks from one timer heap.
+
+    Instead of one sleeping coroutine per task, a single event-loop timer
+    fires the attempts that are due, each in its own short-lived asyncio task;
+    when an attempt ends, the task is due again `interval` seconds later. The
+    semantics are those of `IntervalTask.__call__` (one attempt at a time per
+    task, the wait measured from the end of an attempt), at a fraction of the
+    CPU and memory for thousands of tasks.
+    """
+
+    def __init__(self, tasks: list[IntervalTask]) -> None:
+        self._tasks = tasks
+        self._heap: list[tuple[float, int, IntervalTask]] = []
+        self._seq = 0
+        self._running: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._done_callbacks: dict[int, Callable[[asyncio.Task[Any]], None]] = {}
+
+    @property
+    def name(self) -> str:
+        """The scheduler's task name."""
+        return "grelmicro-interval-scheduler"
+
+    async def __call__(
+        self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Fire the tasks until cancelled, then cancel and await running attempts."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._closing = False
+        now = loop.time()
+        self._heap = [(now, index, task) for index, task in enumerate(self._tasks)]
+        self._seq = len(self._tasks)
+        self._done_callbacks = {
+            id(task): partial(self._done, task) for task in self._tasks
+        }
+        self._schedule_timer()
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self._closing = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            running = list(self._running)
+            for attempt in running:
+                attempt.cancel()
+            if running:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(*running, return_exceptions=True)
+
+    def _schedule_timer(self) -> None:
+        heap = self._heap
+        if heap:
+            self._timer = self._loop.call_at(heap[0][0], self._fire)
+        else:
+            self._timer = None
+
+    def _fire(self) -> None:
+        loop = self._loop
+        heap = self._heap
+        running = self._running
+        callbacks = self._done_callbacks
+        deadline = loop.time() + 0.001
+        while heap and heap[0][0] <= deadline:
+            task = heapq.heappop(heap)[2]
+            attempt: asyncio.Task[Any] = loop.create_task(task.attempt_once())  # type: ignore[arg-type]
+            running.add(attempt)
+            attempt.add_done_callback(callbacks[id(task)])
+        self._schedule_timer()
+
+    def _done(self, task: IntervalTask, attempt: asyncio.Task[Any]) -> None:
+        self._running.discard(attempt)
+        if self._closing:
+            return
+        if not attempt.cancelled() and (exc := attempt.exception()) is not None:
+            if isinstance(exc, Exception):
+                logger.error("Task execution error: %s", task.name, exc_info=exc)
+            else:  # KeyboardInterrupt, SystemExit...: not ours to swallow
+                logger.critical("Task execution error: %s", task.name, exc_info=exc)
+        due = self._loop.time() + task.interval
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, task))
+        timer = self._timer
+        if timer is None or due < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(due, self._fire)

@@ -8,15 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import anyio
 from anyio.abc import TaskGroup
-from typing_extensions import Doc
 
 from grelmicro.errors import OutOfContextError
 from grelmicro.sync.leaderelection import LeaderElection
-from grelmicro.task._interval import IntervalTask
+from grelmicro.task._interval import IntervalScheduler, IntervalTask
 from grelmicro.task.abc import Task
 from grelmicro.task.router import TaskRouter
 
 if TYPE_CHECKING:
+    from typing_extensions import Doc
+
     from grelmicro.sync.abc import SyncBackend
 
 logger = logging.getLogger("grelmicro.task")
@@ -108,8 +109,13 @@ class TaskManager(TaskRouter):
         for leader in _missing_leaders(tasks):
             logger.debug("Starting leader election used by a task: %s", leader.name)
             tasks.append(leader)
+        interval_tasks = [task for task in tasks if type(task) is IntervalTask]
+        if interval_tasks:
+            scheduler = IntervalScheduler(interval_tasks)
+            task_group.start_soon(scheduler, name=scheduler.name)
         for task in tasks:
-            task_group.start_soon(task, name=f"grelmicro-task:{task.name}")
+            if type(task) is not IntervalTask:
+                task_group.start_soon(task, name=f"grelmicro-task:{task.name}")
         logger.debug("Task manager started %d tasks", len(tasks))
 
     async def __aexit__(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from uuid import UUID
-
-from typing_extensions import Doc
 
 from grelmicro._validate import (
     SettingsValidationError,
@@ -22,6 +20,9 @@ from grelmicro.sync.tasklock import TaskLock
 from grelmicro.task._interval import IntervalTask, default_task_name
 from grelmicro.task.abc import Task
 from grelmicro.task.errors import FunctionTypeError, TaskAddOperationError
+
+if TYPE_CHECKING:
+    from typing_extensions import Doc
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,12 +76,19 @@ class TaskRouter:
         """Add a task; raises `TaskAddOperationError` once started."""
         if self._started:
             raise TaskAddOperationError
-        if not isinstance(task, Task):
+        if not isinstance(task, IntervalTask | LeaderElection) and not isinstance(
+            task, Task
+        ):
             msg = (
                 "task must implement grelmicro.task.abc.Task (a name and an async "
                 f"__call__), got {task!r}"
             )
             raise TypeError(msg)
+        self._tasks.append(task)
+
+    def _add(self, task: Task) -> None:
+        if self._started:
+            raise TaskAddOperationError
         self._tasks.append(task)
 
     def include_router(
@@ -187,7 +195,7 @@ class TaskRouter:
                     min_lock_seconds=min_lock,
                     max_lock_seconds=max_lock,
                 )
-            self.add_task(
+            self._add(
                 IntervalTask(
                     function=function,
                     name=task_name,
