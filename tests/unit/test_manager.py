@@ -472,3 +472,55 @@ async def test_manager_entered_twice_concurrently_fails() -> None:
 def test_manager_rejects_unknown_broker() -> None:
     with pytest.raises(TypeError, match="RedisBroker"):
         TaskManager(broker=object())
+
+
+async def test_interval_task_runs_standalone_in_a_task_group() -> None:
+    router = TaskRouter()
+    runs = 0
+
+    @router.interval(seconds=0.01)
+    async def job() -> None:
+        nonlocal runs
+        runs += 1
+
+    (task,) = router.tasks
+    async with anyio.create_task_group() as tg:
+        await tg.start(task)
+        await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    assert runs >= 2
+
+
+async def test_same_task_never_overlaps_itself() -> None:
+    manager = TaskManager()
+    active = 0
+    max_active = 0
+    runs = 0
+
+    @manager.interval(seconds=0.001)
+    async def slow() -> None:
+        nonlocal active, max_active, runs
+        active += 1
+        max_active = max(max_active, active)
+        await anyio.sleep(0.02)
+        active -= 1
+        runs += 1
+
+    async with manager:
+        await anyio.sleep(0.15)
+    assert runs >= 3
+    assert max_active == 1
+
+
+async def test_many_tasks_all_run() -> None:
+    manager = TaskManager()
+    seen: set[int] = set()
+    for index in range(500):
+
+        @manager.interval(seconds=0.05, name=f"t{index}")
+        async def job(index: int = index) -> None:
+            seen.add(index)
+
+    async with manager:
+        await anyio.sleep(0.1)
+    assert seen == set(range(500))
