@@ -12,9 +12,16 @@ from typing import TypeVar
 
 import pytest
 
-from tests.servers import NatsCluster, NatsServer, RedisServer, Server, launch
+from tests.servers import (
+    NatsCluster,
+    NatsServer,
+    RedisClusterServers,
+    RedisServer,
+    Server,
+    launch,
+)
 
-S = TypeVar("S", bound=Server | NatsCluster)
+S = TypeVar("S", bound=Server | NatsCluster | RedisClusterServers)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +80,7 @@ def start_server() -> Iterator[Callable[[S], S]]:
 
     Skips (or fails under ``CI=true``) when the server cannot start.
     """
-    started: list[Server | NatsCluster] = []
+    started: list[Server | NatsCluster | RedisClusterServers] = []
 
     def start(server: S) -> S:
         started.append(server)

@@ -27,7 +27,8 @@ Fault injection (works on local processes and containers alike)::
         server.kill()    # crash (SIGKILL)
 
 `NatsCluster(size=3)` runs a JetStream cluster on loopback for replicated
-buckets; each member is a `NatsServer` with the same controls.
+buckets, and `RedisClusterServers(size=3)` a Redis Cluster of three primaries;
+each member is a `NatsServer` / `RedisServer` with the same controls.
 """
 
 from __future__ import annotations
@@ -562,9 +563,18 @@ class RedisServer(Server):
     kind = "redis"
     env_var = "REDIS_URL"
 
-    def __init__(self, *, source: Source = "auto", persistent: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        source: Source = "auto",
+        persistent: bool = False,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         super().__init__(source=source)
         self.persistent = persistent
+        self.extra_args = list(extra_args)
+        self._fixed_port = port
         self._url = ""
 
     @property
@@ -604,9 +614,10 @@ class RedisServer(Server):
             raise ServerUnavailableError(msg)
         data_dir = self.tmp_dir / "data"
         data_dir.mkdir()
+        fixed = self._fixed_port is not None
         last_error: ServerUnavailableError | None = None
-        for _attempt in range(3):  # a free port can be taken before we bind it
-            self.port = free_port()
+        for _attempt in range(1 if fixed else 3):  # a free port can be taken
+            self.port = self._fixed_port or free_port()
             argv = [
                 binary,
                 "--port",
@@ -614,6 +625,7 @@ class RedisServer(Server):
                 "--bind",
                 "127.0.0.1",
                 *self._persistence_args(str(data_dir)),
+                *self.extra_args,
             ]
             self._runner = _ProcessRunner(argv, self.tmp_dir / "redis.log")
             self._url = f"redis://{self.host}:{self.port}/0"
@@ -903,6 +915,128 @@ class NatsCluster:
         self.close()
 
 
+class RedisClusterServers:
+    """A Redis Cluster of `size` local primaries (no replicas) on loopback.
+
+    Slots are split evenly; `url` points at the first node (a cluster client
+    discovers the others). Each node is a `RedisServer` with the usual
+    controls. Needs a local redis-server and the redis package.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        if size < 1:
+            msg = f"size must be >= 1, got {size}"
+            raise ValueError(msg)
+        self.size = size
+        self.servers: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        """``redis://host:port`` of the first node."""
+        return self.servers[0].url
+
+    def open(self) -> Self:
+        """Start the nodes, assign the slots, join them, wait for ``cluster_state:ok``."""
+        if find_redis_server() is None:
+            msg = "no redis-server binary for a local Redis Cluster"
+            raise ServerUnavailableError(msg)
+        try:
+            import redis
+        except ImportError as exc:
+            msg = "the redis package is needed to form a Redis Cluster"
+            raise ServerUnavailableError(msg) from exc
+        try:
+            for port in _cluster_ports(self.size):
+                server = RedisServer(
+                    source="local",
+                    port=port,
+                    extra_args=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"nodes-{port}.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+                self.servers.append(server)
+                server.open()
+            clients = [
+                redis.Redis(host=s.host, port=s.port, socket_timeout=2)
+                for s in self.servers
+            ]
+            try:
+                step = 16384 // self.size
+                for index, client in enumerate(clients):
+                    first = index * step
+                    last = 16383 if index == self.size - 1 else first + step - 1
+                    client.execute_command("CLUSTER ADDSLOTSRANGE", first, last)
+                for server in self.servers[1:]:
+                    clients[0].execute_command("CLUSTER MEET", server.host, server.port)
+
+                def formed() -> bool:
+                    return all(
+                        _cluster_state(client.execute_command("CLUSTER INFO")) == "ok"
+                        for client in clients
+                    )
+
+                if not wait_until(formed, READY_TIMEOUT, interval=0.05):
+                    msg = f"the Redis Cluster did not form in {READY_TIMEOUT}s"
+                    raise ServerUnavailableError(msg)
+            finally:
+                for client in clients:
+                    client.close()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop every node."""
+        for server in self.servers:
+            server.close()
+        self.servers = []
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _cluster_state(info: Any) -> str:
+    """``cluster_state`` from CLUSTER INFO (parsed to a dict by redis-py, or raw)."""
+    if isinstance(info, dict):
+        state = info.get("cluster_state", info.get(b"cluster_state", ""))
+        return state.decode() if isinstance(state, bytes) else str(state)
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("cluster_state:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus port (+10000) is free too (so <= 55535)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port > 55535 or port in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
 def _meta_leader(host: str, monitor_port: int) -> str:
     import json
 
@@ -929,7 +1063,7 @@ def _open_concurrently(members: list[NatsServer]) -> None:
 
 # Pytest integration -------------------------------------------------------------
 
-S = TypeVar("S", bound=Server | NatsCluster)
+S = TypeVar("S", bound=Server | NatsCluster | RedisClusterServers)
 
 
 def launch(server: S) -> S:
@@ -947,6 +1081,7 @@ def launch(server: S) -> S:
 __all__ = [
     "NatsCluster",
     "NatsServer",
+    "RedisClusterServers",
     "RedisServer",
     "Server",
     "ServerControlUnavailableError",

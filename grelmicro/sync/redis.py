@@ -20,10 +20,8 @@ import math
 import os
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 from urllib.parse import urlparse
-
-from typing_extensions import Doc
 
 from grelmicro.errors import DependencyNotFoundError
 from grelmicro.sync._backends import register_backend, unregister_backend
@@ -34,7 +32,7 @@ from grelmicro.sync.errors import (
 )
 
 try:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -42,6 +40,13 @@ try:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise DependencyNotFoundError(module="redis", extra="redis") from exc
+
+if TYPE_CHECKING:
+    from typing_extensions import Doc
+
+#: The clients the backend accepts: a single server (or a Sentinel-managed
+#: primary from `Sentinel.master_for`), or a Redis Cluster.
+RedisClient = Redis | RedisCluster
 
 #: Seconds to open a connection / to wait for an answer, for clients built
 #: from a URL: a dead or frozen server fails instead of hanging.
@@ -134,7 +139,7 @@ class _Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, client: Redis, key: str, *args: str | int) -> int:
+    async def __call__(self, client: RedisClient, key: str, *args: str | int) -> int:
         try:
             result: Any = await client.evalsha(self.sha, 1, key, *args)
         except NoScriptError:
@@ -146,9 +151,11 @@ class _Script:
 class RedisSyncBackend:
     """A `SyncBackend` storing locks in Redis.
 
-    Give a URL (`redis://`, `rediss://` or `unix://`), or a `redis.asyncio.Redis`
-    client, or nothing to read the URL from the `REDIS_URL` environment
-    variable. The connection is opened lazily on first use, so a backend and
+    Give a URL (`redis://`, `rediss://` or `unix://`), or a client, or nothing
+    to read the URL from the `REDIS_URL` environment variable. The client may
+    be a `redis.asyncio.Redis` (for Sentinel, the one returned by
+    `Sentinel.master_for(...)`) or a `redis.asyncio.RedisCluster`: every
+    operation touches a single key. The connection is opened lazily on first use, so a backend and
     its primitives can be created at import time. A client built from the URL
     is closed when the backend exits (`async with backend:`); a client passed
     in is borrowed and never closed.
@@ -170,9 +177,10 @@ class RedisSyncBackend:
         ] = None,
         *,
         client: Annotated[
-            Redis | None,
+            RedisClient | None,
             Doc(
-                "A redis.asyncio.Redis client to borrow (never closed by the backend)."
+                "A redis.asyncio.Redis (or RedisCluster) client to borrow, never "
+                "closed by the backend."
             ),
         ] = None,
         prefix: Annotated[
@@ -203,12 +211,15 @@ class RedisSyncBackend:
                 )
                 raise SyncSettingsValidationError(msg)
             _check_url(url)
-        elif not isinstance(client, Redis):
-            msg = f"client must be a redis.asyncio.Redis, got {client!r}"
+        elif not isinstance(client, Redis | RedisCluster):
+            msg = (
+                "client must be a redis.asyncio.Redis or redis.asyncio.RedisCluster, "
+                f"got {client!r}"
+            )
             raise SyncSettingsValidationError(msg)
         self._url = url if client is None else None
         self._borrowed = client
-        self._provider: Callable[[], Awaitable[Redis]] | None = None
+        self._provider: Callable[[], Awaitable[RedisClient]] | None = None
         self._owned: Redis | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
         self._prefix = prefix
@@ -219,7 +230,7 @@ class RedisSyncBackend:
     def from_client_provider(
         cls,
         provider: Annotated[
-            Callable[[], Awaitable[Redis]],
+            Callable[[], Awaitable[RedisClient]],
             Doc("An async callable returning the connected client to use."),
         ],
         *,
@@ -296,7 +307,7 @@ class RedisSyncBackend:
             except Exception as exc:
                 raise _wrap("close", "", exc) from exc
 
-    async def _client(self) -> Redis:
+    async def _client(self) -> RedisClient:
         if self._borrowed is not None:
             return self._borrowed
         if self._provider is not None:

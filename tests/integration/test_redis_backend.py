@@ -11,7 +11,7 @@ from uuid import uuid4
 
 import anyio
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from grelmicro.sync import Lock, TaskLock
@@ -28,7 +28,7 @@ from grelmicro.sync.redis import (
     _milliseconds,
 )
 from tests.integration.conftest import wait_for
-from tests.servers import RedisServer
+from tests.servers import RedisClusterServers, RedisServer
 
 pytestmark = [pytest.mark.integration]
 
@@ -404,3 +404,34 @@ async def test_frozen_server_times_out(
             assert time.monotonic() - started < 10
             assert isinstance(info.value, RedisSyncBackendError)
         assert await backend.acquire(name="x", token="a", duration=5)
+
+
+# Redis Cluster -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_redis_cluster_client(
+    start_server: Callable[[RedisClusterServers], RedisClusterServers],
+) -> None:
+    cluster = start_server(RedisClusterServers(3))
+    client = RedisCluster.from_url(cluster.url)
+    try:
+        backend = RedisSyncBackend(client=client, prefix="app:", auto_register=False)
+        names = [f"job-{index}" for index in range(12)]  # spread over the slots
+        for name in names:
+            assert await backend.acquire(name=name, token="a", duration=5)
+            assert not await backend.acquire(name=name, token="b", duration=5)
+            assert (
+                await backend.acquire_or_remaining(name=name, token="b", duration=5) > 0
+            )
+            assert await backend.owned(name=name, token="a")
+            assert await backend.locked(name=name)
+        task_lock = TaskLock("report", backend=backend, worker="w")
+        assert await task_lock.try_acquire()
+        assert await task_lock.owned()
+        for name in names:
+            assert await backend.release(name=name, token="a")
+            assert not await backend.locked(name=name)
+    finally:
+        await client.aclose()
