@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from grelmicro.errors import GrelmicroError
+from grelmicro.errors import SettingsValidationError
 
-
-class SettingsValidationError(GrelmicroError, ValueError):
-    """An argument given to a grelmicro object is invalid."""
+__all__ = ["SettingsValidationError", "less_than", "non_empty_str", "number"]
 
 
 def number(name: str, value: Any, *, positive: bool = True) -> float:

@@ -23,6 +23,10 @@ class OutOfContextError(GrelmicroError, RuntimeError):
         )
 
 
+class SettingsValidationError(GrelmicroError, ValueError):
+    """An argument given to a grelmicro object is invalid; the message names it."""
+
+
 class DependencyNotFoundError(GrelmicroError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from grelmicro.errors import GrelmicroError
+from grelmicro.errors import GrelmicroError, SettingsValidationError
 
 
 class SyncError(GrelmicroError):
     """Root of the synchronization errors."""
 
 
-class SyncSettingsValidationError(SyncError, ValueError):
-    """A primitive or backend was configured with invalid settings."""
+class SyncSettingsValidationError(SyncError, SettingsValidationError):
+    """A backend or broker integration was configured with invalid settings."""
 
 
 class SyncBackendError(SyncError):
