@@ -1,0 +1,1 @@
+"""Fault-injection helpers: a worker process and the harness that drives it."""

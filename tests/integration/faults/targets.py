@@ -1,0 +1,81 @@
+"""Where the fault tests run: a server kind, its URL, a namespace, the timings."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from uuid import uuid4
+
+import anyio
+import pytest
+
+from tests.integration.faults.harness import Timings
+
+KINDS = ["redis", "nats"]
+
+#: Leases as short as the backends allow: NATS TTLs have a 1 s floor and the
+#: server expires keys on a coarse sweep (up to ~1 s late, measured ~2 s for
+#: a 1 s key), so a dead holder's NATS key can outlive its lease by that much.
+TIMINGS = {
+    "redis": Timings(expiry_slack=0.1),
+    "nats": Timings(expiry_slack=1.5),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A backend kind on a server, with a namespace no other test uses."""
+
+    kind: str
+    url: str
+    namespace: str
+    timings: Timings
+
+
+def nats_backend_available() -> bool:
+    """Whether grelmicro.sync.nats exists yet (it is written in parallel)."""
+    return importlib.util.find_spec("grelmicro.sync.nats") is not None
+
+
+def require_kind(kind: str) -> None:
+    """Skip when the backend of `kind` is not there."""
+    if kind == "nats" and not nats_backend_available():
+        pytest.skip("grelmicro.sync.nats is not available yet")
+
+
+def unique_namespace(kind: str) -> str:
+    """A Redis key prefix or a NATS bucket name for one test."""
+    tag = uuid4().hex[:10]
+    return f"grelmicro-fault-{tag}:" if kind == "redis" else f"grelmicro-fault-{tag}"
+
+
+async def _delete_bucket(url: str, bucket: str) -> None:
+    import nats
+
+    try:
+        with anyio.fail_after(5):
+            client = await nats.connect(
+                servers=url.split(","), allow_reconnect=False, connect_timeout=2
+            )
+            try:
+                await client.jetstream().delete_key_value(bucket)
+            finally:
+                await client.close()
+    except Exception:
+        pass
+
+
+def cleanup(kind: str, url: str, namespace: str) -> None:
+    """Remove a test's NATS bucket (Redis keys expire on their own)."""
+    if kind == "nats":
+        anyio.run(_delete_bucket, url, namespace)
+
+
+def target_for(kind: str, url: str) -> Iterator[Target]:
+    """A `Target` on `url`, cleaned up afterwards."""
+    namespace = unique_namespace(kind)
+    try:
+        yield Target(kind, url, namespace, TIMINGS[kind])
+    finally:
+        cleanup(kind, url, namespace)
