@@ -1,0 +1,221 @@
+"""Scheduler overhead worker: N local interval jobs every second, in one process.
+
+Started by ``run.py`` once per target and round, in a fresh process (in the
+target's own virtual environment). It prints one JSON object:
+
+- ``import_s``: importing the scheduler library;
+- ``startup_s``: registering the N jobs and starting the scheduler, until
+  the event loop has run one pass over the started jobs;
+- ``cpu_per_s``: CPU seconds (user + system) per wall second over the
+  measurement window that follows start-up;
+- ``peak_rss_mib``: the process's peak resident set size;
+- ``late_p50_ms`` / ``late_p99_ms`` / ``late_max_ms``: how late each run
+  started compared with what the scheduler promises (for interval-after-end
+  schedulers: the previous run + 1 s; for APScheduler's fixed-rate interval
+  trigger: its own schedule), over the runs inside the window (each job's
+  first run excluded);
+- ``runs_per_job_s``: runs per job per second inside the window.
+
+Every job is an ``async def`` that only records its start time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import json
+import os
+import resource
+import sys
+import time
+from array import array
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+INTERVAL = 1.0
+
+
+class Recorder:
+    """Per-job last start times and the lateness samples inside the window."""
+
+    def __init__(self, jobs: int) -> None:
+        self.last = [0.0] * jobs
+        self.late = array("d")
+        self.runs = 0
+        self.window_start = float("inf")
+        self.window_end = float("inf")
+
+    def interval_job(self, index: int) -> Callable[[], Awaitable[None]]:
+        """A job whose next run is due INTERVAL after its previous start."""
+        last = self.last
+        late = self.late
+        clock = time.monotonic
+
+        async def job() -> None:
+            now = clock()
+            previous = last[index]
+            last[index] = now
+            if previous and self.window_start <= now < self.window_end:
+                late.append(now - previous - INTERVAL)
+                self.runs += 1
+
+        # grelmicro 0.6.0 refuses nested functions: give each a plain name.
+        job.__qualname__ = job.__name__ = f"job_{index}"
+        return job
+
+
+async def run_sleep_loop(rec: Recorder, jobs: int) -> None:
+    async def loop(job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await job()
+            await asyncio.sleep(INTERVAL)
+
+    tasks = [asyncio.create_task(loop(rec.interval_job(i))) for i in range(jobs)]
+    rec.keep = tasks  # type: ignore[attr-defined]
+
+
+async def run_heap_loop(rec: Recorder, jobs: int) -> None:
+    loop = asyncio.get_running_loop()
+    job_funcs = [rec.interval_job(i) for i in range(jobs)]
+    now = loop.time()
+    heap = [(now, i) for i in range(jobs)]
+    heapq.heapify(heap)
+
+    async def timer() -> None:
+        clock = loop.time
+        while True:
+            now = clock()
+            while heap and heap[0][0] <= now:
+                _, index = heapq.heappop(heap)
+                await job_funcs[index]()
+                heapq.heappush(heap, (clock() + INTERVAL, index))
+            await asyncio.sleep(heap[0][0] - clock())
+
+    rec.keep = asyncio.create_task(timer())  # type: ignore[attr-defined]
+
+
+async def run_apscheduler(rec: Recorder, jobs: int) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    scheduler = AsyncIOScheduler()
+    first_due = [0.0] * jobs
+    wall = time.time
+
+    async def job(index: int) -> None:
+        now = wall()
+        # APScheduler's interval trigger is fixed-rate: due = first + k * 1 s.
+        late = (now - first_due[index]) % INTERVAL
+        if late > 0.9 * INTERVAL:  # a hair early
+            late -= INTERVAL
+        mono = time.monotonic()
+        if rec.window_start <= mono < rec.window_end:
+            rec.late.append(late)
+            rec.runs += 1
+
+    added = [
+        scheduler.add_job(job, "interval", seconds=INTERVAL, args=(i,), id=str(i))
+        for i in range(jobs)
+    ]
+    scheduler.start()
+    for i, entry in enumerate(added):
+        first_due[i] = entry.next_run_time.timestamp()
+    rec.keep = scheduler  # type: ignore[attr-defined]
+
+
+async def run_grelmicro(rec: Recorder, jobs: int) -> None:
+    from grelmicro.task import TaskManager
+
+    manager = TaskManager()
+    for i in range(jobs):
+        manager.interval(seconds=INTERVAL, name=f"job-{i}")(rec.interval_job(i))
+    await manager.__aenter__()
+    rec.keep = manager  # type: ignore[attr-defined]
+
+
+TARGETS: dict[str, tuple[str, Callable[[Recorder, int], Awaitable[None]]]] = {
+    "sleep-loop": ("asyncio", run_sleep_loop),
+    "heap-loop": ("asyncio", run_heap_loop),
+    "apscheduler": ("apscheduler.schedulers.asyncio", run_apscheduler),
+    "grelmicro060": ("grelmicro.task", run_grelmicro),
+    "grelmicro": ("grelmicro.task", run_grelmicro),
+}
+
+
+def _version(target: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = {"apscheduler": "apscheduler", "grelmicro060": "grelmicro"}.get(
+        target, "grelmicro" if target == "grelmicro" else None
+    )
+    if package is None:
+        return sys.version.split()[0]
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    module, start = TARGETS[args.target]
+    started = time.perf_counter()
+    imported = __import__(module, fromlist=["_"])
+    import_s = time.perf_counter() - started
+    rec = Recorder(args.jobs)
+
+    started = time.perf_counter()
+    await start(rec, args.jobs)
+    # One pass of the event loop over everything that was just started.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    startup_s = time.perf_counter() - started
+
+    rec.window_start = time.monotonic()
+    rec.window_end = rec.window_start + args.seconds
+    cpu0 = cpu_seconds()
+    wall0 = time.perf_counter()
+    await asyncio.sleep(args.seconds)
+    cpu = cpu_seconds() - cpu0
+    wall = time.perf_counter() - wall0
+    late = sorted(rec.late)
+
+    def pick(q: float) -> float:
+        return (
+            1000 * late[min(len(late) - 1, int(len(late) * q))]
+            if late
+            else float("nan")
+        )
+
+    return {
+        "target": args.target,
+        "jobs": args.jobs,
+        "version": _version(args.target),
+        "library": getattr(imported, "__file__", None),
+        "import_s": import_s,
+        "startup_s": startup_s,
+        "cpu_per_s": cpu / wall,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "late_p50_ms": pick(0.50),
+        "late_p99_ms": pick(0.99),
+        "late_max_ms": 1000 * late[-1] if late else float("nan"),
+        "runs_per_job_s": rec.runs / args.jobs / wall,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target", required=True, choices=sorted(TARGETS))
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    loop = asyncio.new_event_loop()
+    result = loop.run_until_complete(main(args))
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    # Tearing down thousands of jobs is not part of the measurement.
+    os._exit(0)
