@@ -432,11 +432,13 @@ def figure(
     name: str, value: float, bound: float | None = None, unit: str = "s"
 ) -> None:
     """Print a measured figure (``pytest -s``) and append it to $FAULT_FIGURES."""
-    number = f"{value:.3f}{unit}" if unit == "s" else f"{value:g}{unit}"
-    limit = f"{bound:.3f}{unit}" if unit == "s" else f"{bound:g}{unit}"
-    text = f"FIGURE {name}: {number}" + (
-        f" (bound {limit})" if bound is not None else ""
-    )
+
+    def show(number: float) -> str:
+        return f"{number:.3f}{unit}" if unit == "s" else f"{number:g}{unit}"
+
+    text = f"FIGURE {name}: {show(value)}"
+    if bound is not None:
+        text += f" (bound {show(bound)})"
     print(text)
     path = os.environ.get("FAULT_FIGURES")
     if path:

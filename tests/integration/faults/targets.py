@@ -10,6 +10,7 @@ from uuid import uuid4
 import anyio
 import pytest
 
+from grelmicro.sync.abc import SyncBackend
 from tests.integration.faults.harness import Timings
 
 KINDS = ["redis", "nats"]
@@ -79,3 +80,17 @@ def target_for(kind: str, url: str) -> Iterator[Target]:
         yield Target(kind, url, namespace, TIMINGS[kind])
     finally:
         cleanup(kind, url, namespace)
+
+
+def make_backend(kind: str, url: str, namespace: str) -> SyncBackend:
+    """A backend of `kind` on `namespace`, not registered as the default."""
+    if kind == "redis":
+        from grelmicro.sync.redis import RedisSyncBackend
+
+        return RedisSyncBackend(url, prefix=namespace, auto_register=False)
+    from grelmicro.sync.nats import (  # type: ignore[import-not-found,unused-ignore]
+        NatsSyncBackend,
+    )
+
+    backend: SyncBackend = NatsSyncBackend(url, bucket=namespace, auto_register=False)
+    return backend

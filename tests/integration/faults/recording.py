@@ -1,0 +1,103 @@
+"""A backend wrapper that records how long every call took (and how it ended)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from grelmicro.sync.abc import SyncBackend
+
+
+@dataclass(frozen=True)
+class Call:
+    """One backend call: operation, key, start and end (monotonic), outcome."""
+
+    operation: str
+    name: str
+    start: float
+    end: float
+    outcome: str
+
+    @property
+    def duration(self) -> float:
+        """Seconds the call took."""
+        return self.end - self.start
+
+
+class RecordingBackend:
+    """Delegates to a real backend and records every call in `calls`.
+
+    A call cut short by the caller's timeout (cancellation) is recorded with
+    the outcome ``"cancelled"``. `acquire_or_remaining` exists only when the
+    wrapped backend has it, so primitives take the same code path as without
+    the wrapper.
+    """
+
+    def __init__(self, inner: SyncBackend) -> None:
+        self.inner = inner
+        self.calls: list[Call] = []
+        fast = getattr(inner, "acquire_or_remaining", None)
+        if fast is not None:
+
+            async def acquire_or_remaining(
+                *, name: str, token: str, duration: float
+            ) -> float:
+                result: float = await self._record(
+                    "acquire_or_remaining",
+                    name,
+                    fast(name=name, token=token, duration=duration),
+                )
+                return result
+
+            self.acquire_or_remaining = acquire_or_remaining
+
+    async def _record(self, operation: str, name: str, call: Any) -> Any:
+        start = time.monotonic()
+        outcome = "cancelled"
+        try:
+            result = await call
+            outcome = repr(result)
+            return result
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self.calls.append(Call(operation, name, start, time.monotonic(), outcome))
+
+    async def __aenter__(self) -> Self:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.inner.__aexit__(exc_type, exc_value, traceback)
+
+    async def acquire(self, *, name: str, token: str, duration: float) -> bool:
+        result: bool = await self._record(
+            "acquire",
+            name,
+            self.inner.acquire(name=name, token=token, duration=duration),
+        )
+        return result
+
+    async def release(self, *, name: str, token: str) -> bool:
+        result: bool = await self._record(
+            "release", name, self.inner.release(name=name, token=token)
+        )
+        return result
+
+    async def locked(self, *, name: str) -> bool:
+        result: bool = await self._record("locked", name, self.inner.locked(name=name))
+        return result
+
+    async def owned(self, *, name: str, token: str) -> bool:
+        result: bool = await self._record(
+            "owned", name, self.inner.owned(name=name, token=token)
+        )
+        return result
