@@ -66,6 +66,21 @@ class Primitive:
         return f"{type(self).__name__}(name={self.name!r}, worker={self.worker!r})"
 
 
+WaitReleased = Callable[..., Awaitable[None]]
+
+
+def wait_released_of(backend: SyncBackend | None) -> WaitReleased | None:
+    """The backend's optional `wait_released(*, name)` method, if it has one.
+
+    It returns once the key is seen free (released, deleted or expired), or
+    earlier: callers check again by acquiring.
+    """
+    if backend is None:
+        return None
+    waiter: WaitReleased | None = getattr(backend, "wait_released", None)
+    return waiter
+
+
 async def call_backend(
     call: Callable[[], Awaitable[T]],
     error: Callable[[], SyncBackendError],

@@ -13,7 +13,7 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from grelmicro._validate import less_than, number
-from grelmicro.sync._primitive import Primitive, call_backend
+from grelmicro.sync._primitive import Primitive, call_backend, wait_released_of
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import LockAcquireError, LockReleaseError
 
@@ -95,6 +95,8 @@ class LeaderElection(Primitive):
         self._renewed_at: float | None = None
         self._changed: anyio.Event | None = None
         self._running = False
+        # True after a round in which another worker held the lease.
+        self._lost_to_other = False
         self._last_error_log = -float("inf")
         self._errors_suppressed = 0
 
@@ -182,7 +184,32 @@ class LeaderElection(Primitive):
                 await self._step_down()
 
     async def _sleep_until_next_round(self) -> None:
-        await anyio.sleep(self.retry_interval)
+        """Wait `retry_interval`; a follower wakes early when the lease is freed.
+
+        Backends that can tell when a key is released or expires (an optional
+        `wait_released(*, name)` method, such as a NATS KV watch) let a
+        follower take over at once after a graceful stop instead of at its
+        next retry.
+        """
+        waiter = (
+            wait_released_of(self._backend_or_none()) if self._lost_to_other else None
+        )
+        if waiter is None:
+            await anyio.sleep(self.retry_interval)
+            return
+        deadline = time.monotonic() + self.retry_interval
+        with anyio.move_on_after(self.retry_interval):
+            try:
+                await waiter(name=self.key)
+            except Exception:
+                logger.debug("wait_released failed: %s", self.name, exc_info=True)
+                await anyio.sleep(max(deadline - time.monotonic(), 0.0))
+
+    def _backend_or_none(self) -> SyncBackend | None:
+        try:
+            return self.backend
+        except Exception:
+            return None
 
     async def _round(self) -> None:
         """Take or renew the lease once."""
@@ -197,10 +224,12 @@ class LeaderElection(Primitive):
                 self.backend_timeout,
             )
         except Exception as exc:
+            self._lost_to_other = False
             self._log_error(exc)
             if self._renewed_at is not None and not self.is_leader():
                 self._set_leader(None)
             return
+        self._lost_to_other = not acquired
         self._recovered()
         self._set_leader(started if acquired else None)
 

@@ -10,7 +10,12 @@ from uuid import UUID
 import anyio
 
 from grelmicro._validate import number
-from grelmicro.sync._primitive import DEFAULT_BACKEND_TIMEOUT, Primitive, call_backend
+from grelmicro.sync._primitive import (
+    DEFAULT_BACKEND_TIMEOUT,
+    Primitive,
+    call_backend,
+    wait_released_of,
+)
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import (
     LockAcquireError,
@@ -87,9 +92,21 @@ class Lock(Primitive):
         )
 
     async def do_acquire_wait(self, token: str) -> None:
-        """Take the lock for `token`, retrying every `retry_interval`."""
-        while not await self.do_acquire(token):  # noqa: ASYNC110
-            await anyio.sleep(self.retry_interval)
+        """Take the lock for `token`, retrying every `retry_interval`.
+
+        With a backend that reports releases (`wait_released`), a waiter
+        retries as soon as the lock is freed.
+        """
+        while not await self.do_acquire(token):
+            waiter = wait_released_of(self.backend)
+            if waiter is None:
+                await anyio.sleep(self.retry_interval)
+                continue
+            with anyio.move_on_after(self.retry_interval):
+                try:
+                    await waiter(name=self.key)
+                except Exception:
+                    await anyio.sleep(self.retry_interval)
 
     async def do_release(self, token: str) -> None:
         """Release the lock held by `token`; `LockNotOwnedError` if it does not."""

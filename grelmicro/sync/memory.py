@@ -6,6 +6,8 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Self
 
+import anyio
+
 from grelmicro.sync._backends import register_backend, unregister_backend
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ class MemorySyncBackend:
         ] = True,
     ) -> None:
         self._locks: dict[str, tuple[str, float]] = {}
+        self._release_events: dict[str, anyio.Event] = {}
         self._auto_register = auto_register
         if auto_register:
             register_backend(self)
@@ -81,7 +84,20 @@ class MemorySyncBackend:
         if self._holder(name) != token:
             return False
         del self._locks[name]
+        event = self._release_events.pop(name, None)
+        if event is not None:
+            event.set()
         return True
+
+    async def wait_released(self, *, name: str) -> None:
+        """Return once the lock is free: released by its holder, or expired."""
+        if self._holder(name) is None:
+            return
+        event = self._release_events.get(name)
+        if event is None:
+            event = self._release_events[name] = anyio.Event()
+        with anyio.move_on_after(self._remaining(name)):
+            await event.wait()
 
     async def locked(self, *, name: str) -> bool:
         """Whether any token holds the lock."""

@@ -188,3 +188,23 @@ def test_created_outside_event_loop() -> None:
             return leader.is_leader()
 
     assert anyio.run(main)
+
+
+async def test_follower_takes_over_at_once_when_backend_reports_release() -> None:
+    # MemorySyncBackend implements the optional wait_released(): a follower
+    # wakes as soon as the leader releases, not at its next retry.
+    MemorySyncBackend()
+    slow = {**FAST, "retry_interval": 0.3, "renew_deadline": 0.5, "lease_duration": 1}
+    first = LeaderElection("e", **slow)
+    second = LeaderElection("e", **slow)
+    async with running(second):
+        async with running(first):
+            await anyio.sleep(0.1)
+            leader, follower = (first, second) if first.is_leader() else (second, first)
+            assert leader.is_leader()
+        if leader is second:
+            return  # the follower was stopped; nothing to time
+        start = time.monotonic()
+        with anyio.fail_after(1):
+            await follower.wait_for_leader()
+        assert time.monotonic() - start < 0.1

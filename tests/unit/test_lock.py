@@ -260,3 +260,25 @@ def test_default_task_lock_settings() -> None:
     lock2 = Lock("job")
     assert lock2.lease_duration == 60
     assert lock2.retry_interval == 0.1
+
+
+async def test_waiting_lock_wakes_on_release(backend: MemorySyncBackend) -> None:
+    holder = Lock("res")
+    waiter = Lock("res", retry_interval=5)
+    released_at = 0.0
+    held = anyio.Event()
+
+    async def hold_then_release() -> None:
+        nonlocal released_at
+        async with holder:
+            held.set()
+            await anyio.sleep(0.05)
+            released_at = time.monotonic()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold_then_release)
+        await held.wait()
+        with anyio.fail_after(2):
+            await waiter.acquire()
+        acquired_at = time.monotonic()
+    assert acquired_at - released_at < 0.5  # not the 5 s retry_interval
