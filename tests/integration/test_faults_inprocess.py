@@ -327,3 +327,91 @@ async def test_shutdown_under_load_leaves_nothing_to_wait_out(
     )
     assert free_after >= held_for - MARGIN
     assert free_after <= held_for + target.timings.expiry_slack + MARGIN
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "core bug (reported): IntervalTask.attempt checks is_leader() before the "
+        "TaskLock round trip and not after, so a TaskLock call that answers after "
+        "renew_deadline lets a worker that is no longer leader run the function"
+    ),
+)
+async def test_late_task_lock_answer_does_not_run_a_stale_leader(
+    kind: str, start_server: Callable[[Any], Any]
+) -> None:
+    """A leader-gated function never starts once its worker's is_leader() is
+    False, even when the TaskLock call it made as leader answers late.
+
+    The server is frozen right after a renewal. The renewals (0.2 s timeout)
+    fail; a TaskLock acquire sent while still leader (its timeout is
+    min(5 s, max_lock_seconds) = 1 s) is still waiting when renew_deadline
+    passes. The server is resumed then, with no renewal in flight: the late
+    TaskLock answer must not lead to a run.
+    """
+    require_kind(kind)
+    server = pausable_server(kind, start_server)
+    server.require_control()
+    target_iter = target_for(kind, server.url)
+    target = next(target_iter)
+    try:
+        backend = RecordingBackend(make_backend(kind, server.url, target.namespace))
+        leader = LeaderElection(
+            "stale",
+            backend=backend,
+            worker="a",
+            lease_duration=2,
+            renew_deadline=1.5,
+            retry_interval=0.5,
+            backend_timeout=0.2,
+        )
+        manager = TaskManager(tasks=[leader])
+        runs: list[tuple[float, bool]] = []
+
+        @manager.interval(
+            seconds=0.2,
+            name="stale-job",
+            leader=leader,
+            max_lock_seconds=1.0,
+            backend=backend,
+        )
+        async def stale_job() -> None:
+            runs.append((time.monotonic(), leader.is_leader()))
+
+        def renewed() -> int:
+            return sum(
+                1
+                for call in backend.calls
+                if call.name == "leader:stale" and call.outcome == "True"
+            )
+
+        def waiting(name: str) -> bool:
+            return any(call[1] == name for call in backend.in_flight.values())
+
+        async with backend, manager:
+            with anyio.fail_after(5):
+                await leader.wait_for_leader()
+                while not runs:
+                    await anyio.sleep(0.01)
+                count = renewed()
+                while renewed() == count:
+                    await anyio.sleep(0.002)
+            server.pause()
+            try:
+                with anyio.fail_after(6):
+                    while (
+                        leader.is_leader()
+                        or not waiting("tasklock:stale-job")
+                        or waiting("leader:stale")
+                    ):
+                        await anyio.sleep(0.002)
+                resumed_at = time.monotonic()
+            finally:
+                server.resume()
+            await anyio.sleep(0.3)
+    finally:
+        next(target_iter, None)
+
+    stale = [t - resumed_at for t, is_leader in runs if not is_leader]
+    assert stale == [], f"ran while not leader, {stale} s after the server resumed"

@@ -38,6 +38,9 @@ class RecordingBackend:
     def __init__(self, inner: SyncBackend) -> None:
         self.inner = inner
         self.calls: list[Call] = []
+        #: Calls not finished yet: id -> (operation, name, start).
+        self.in_flight: dict[int, tuple[str, str, float]] = {}
+        self._ids = 0
         fast = getattr(inner, "acquire_or_remaining", None)
         if fast is not None:
 
@@ -56,6 +59,9 @@ class RecordingBackend:
     async def _record(self, operation: str, name: str, call: Any) -> Any:
         start = time.monotonic()
         outcome = "cancelled"
+        self._ids += 1
+        call_id = self._ids
+        self.in_flight[call_id] = (operation, name, start)
         try:
             result = await call
             outcome = repr(result)
@@ -64,6 +70,7 @@ class RecordingBackend:
             outcome = type(exc).__name__
             raise
         finally:
+            del self.in_flight[call_id]
             self.calls.append(Call(operation, name, start, time.monotonic(), outcome))
 
     async def __aenter__(self) -> Self:
