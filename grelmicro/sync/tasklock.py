@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from typing_extensions import Doc
 
 
+#: Seconds within which two expiry times count as the same.
+_SAME_EXPIRY = 0.001
+
+
 class TaskLock(Primitive):
     """A lock held for at least `min_lock_seconds` and at most `max_lock_seconds`.
 
@@ -62,6 +66,7 @@ class TaskLock(Primitive):
         )
         self._timeout = min(DEFAULT_BACKEND_TIMEOUT, self.max_lock_seconds)
         self._acquired_at: float | None = None
+        self._hold_until = -float("inf")
         # Monotonic time before which this worker knows the lock is not free:
         # its own minimum hold, or the hold another worker is known to keep.
         self._busy_until = -float("inf")
@@ -82,31 +87,33 @@ class TaskLock(Primitive):
         with anyio.CancelScope(shield=True):
             await self.release()
 
-    async def try_acquire(self) -> bool:
-        """Take the lock for `max_lock_seconds` if it is free; False if it is held.
+    async def try_acquire(self, *, hold: float | None = None) -> bool:
+        """Take the lock if it is free; False if another worker holds it.
 
-        While this worker knows the lock cannot be free (its own minimum hold
-        is running, or a failed attempt told it how long another worker still
-        holds its minimum hold), it answers False without asking the backend.
+        The lock is taken for `hold` seconds (`max_lock_seconds` by default;
+        interval tasks take `min_lock_seconds` and call `extend()` if the run
+        goes on). While this worker knows the lock cannot be free (its own
+        minimum hold is running, or a failed attempt told it how long another
+        worker still holds its minimum hold), it answers False without asking
+        the backend.
         """
         started = time.monotonic()
         if started < self._busy_until:
             return False
+        duration = self.max_lock_seconds if hold is None else hold
         backend = self.backend
         fast = getattr(backend, "acquire_or_remaining", None)
         if fast is None:
             acquired = await call_backend(
                 lambda: backend.acquire(
-                    name=self.key, token=self.worker, duration=self.max_lock_seconds
+                    name=self.key, token=self.worker, duration=duration
                 ),
                 lambda: LockAcquireError(name=self.name, token=self.worker),
                 self._timeout,
             )
         else:
             remaining: float = await call_backend(
-                lambda: fast(
-                    name=self.key, token=self.worker, duration=self.max_lock_seconds
-                ),
+                lambda: fast(name=self.key, token=self.worker, duration=duration),
                 lambda: LockAcquireError(name=self.name, token=self.worker),
                 self._timeout,
             )
@@ -116,17 +123,52 @@ class TaskLock(Primitive):
                 self._busy_until = started + remaining
         if acquired:
             self._acquired_at = started
+            # The server's expiry is at least this late: it received the
+            # request after `started`.
+            self._hold_until = started + duration
         return acquired
 
+    async def extend(self) -> bool:
+        """Extend a held lock to `max_lock_seconds` after its acquisition.
+
+        Returns False when the lock is no longer held by this worker (it
+        expired and another worker took it).
+        """
+        acquired_at = self._acquired_at
+        if acquired_at is None:
+            return False
+        started = time.monotonic()
+        duration = acquired_at + self.max_lock_seconds - started
+        if duration <= 0:
+            return False
+        backend = self.backend
+        extended = await call_backend(
+            lambda: backend.acquire(
+                name=self.key, token=self.worker, duration=duration
+            ),
+            lambda: LockAcquireError(name=self.name, token=self.worker),
+            self._timeout,
+        )
+        if extended:
+            self._hold_until = started + duration
+        return extended
+
     async def release(self) -> None:
-        """Release now if `min_lock_seconds` passed, else shorten the hold to it."""
+        """Release now if `min_lock_seconds` passed, else keep it until then.
+
+        When the lock was taken for just `min_lock_seconds` and not extended,
+        the server already expires it at the right time: no call is made.
+        """
         acquired_at, self._acquired_at = self._acquired_at, None
         if acquired_at is None:
             return
         backend = self.backend
-        remaining = self.min_lock_seconds - (time.monotonic() - acquired_at)
+        min_until = acquired_at + self.min_lock_seconds
+        remaining = min_until - time.monotonic()
         if remaining > 0:
-            self._busy_until = acquired_at + self.min_lock_seconds
+            self._busy_until = min_until
+            if self._hold_until <= min_until + _SAME_EXPIRY:
+                return
             await call_backend(
                 lambda: backend.acquire(
                     name=self.key, token=self.worker, duration=remaining

@@ -151,12 +151,23 @@ class IntervalTask:
                 await self._run_with_resource()
                 return
             task_lock = self.task_lock
-            if not await task_lock.try_acquire():
+            # Take the lock for its minimum hold only: a quick run then costs
+            # one round trip, the server expiring the hold by itself. A run
+            # still going halfway through the hold extends it to max.
+            if not await task_lock.try_acquire(hold=task_lock.min_lock_seconds):
                 logger.debug("Task skipped: %s", self._name)
                 return
             started = time.monotonic()
             try:
-                await self._run_with_resource()
+                if task_lock.min_lock_seconds < task_lock.max_lock_seconds:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._extend_when_long, task_lock)
+                        try:
+                            await self._run_with_resource()
+                        finally:
+                            tg.cancel_scope.cancel()
+                else:
+                    await self._run_with_resource()
             finally:
                 elapsed = time.monotonic() - started
                 if elapsed > task_lock.max_lock_seconds:
@@ -174,6 +185,21 @@ class IntervalTask:
             self._log_sync_error(exc)
         else:
             self._sync_recovered()
+
+    async def _extend_when_long(self, task_lock: TaskLock) -> None:
+        """Extend the task lock to `max_lock_seconds` if the run lasts."""
+        await anyio.sleep(task_lock.min_lock_seconds / 2)
+        try:
+            extended = await task_lock.extend()
+        except SyncBackendError as exc:
+            self._log_sync_error(exc)
+            return
+        if not extended:
+            logger.warning(
+                "Task lock lost while running: %s (the lock expired before it "
+                "could be extended; another worker may run the task meanwhile)",
+                self._name,
+            )
 
     async def _run_with_resource(self) -> None:
         sync = self.sync

@@ -524,3 +524,61 @@ async def test_many_tasks_all_run() -> None:
     async with manager:
         await anyio.sleep(0.1)
     assert seen == set(range(500))
+
+
+async def test_quick_locked_run_costs_one_backend_call(
+    counting_backend: CountingBackend,
+) -> None:
+    manager = TaskManager()
+    runs = 0
+
+    @manager.interval(
+        seconds=0.01,
+        max_lock_seconds=5,
+        min_lock_seconds=0.3,
+        backend=counting_backend,
+        name="quick",
+    )
+    async def quick() -> None:
+        nonlocal runs
+        runs += 1
+
+    async with manager:
+        await anyio.sleep(0.2)
+        assert runs == 1
+        # One acquire for the minimum hold; the server expires it by itself.
+        assert [op for op, _ in counting_backend.calls] == ["acquire"]
+        assert await counting_backend.locked(name="tasklock:quick")
+        await anyio.sleep(0.15)
+        assert runs == 2
+
+
+async def test_long_locked_run_extends_to_max_then_releases(
+    counting_backend: CountingBackend,
+) -> None:
+    manager = TaskManager()
+    other = MemorySyncBackend(auto_register=False)
+    done = anyio.Event()
+
+    @manager.interval(
+        seconds=5,
+        max_lock_seconds=5,
+        min_lock_seconds=0.1,
+        backend=counting_backend,
+        name="long",
+    )
+    async def long() -> None:
+        await anyio.sleep(0.25)  # past the minimum hold
+        assert await counting_backend.owned(
+            name="tasklock:long", token=task_lock.worker
+        )
+        done.set()
+
+    task_lock = manager.tasks[0].task_lock  # type: ignore[attr-defined]
+    async with manager:
+        await done.wait()
+        await anyio.sleep(0.05)
+    ops = [op for op, _ in counting_backend.calls if op in ("acquire", "release")]
+    assert ops == ["acquire", "acquire", "release"]
+    assert not await counting_backend.locked(name="tasklock:long")
+    assert not await other.locked(name="tasklock:long")
