@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 COLORS = {"floor": "#9e9e9e", "project": "#d9480f", "peer": "#4c8bd6"}
 
@@ -30,24 +31,34 @@ def bars(
     unit: str,
     log: bool = False,
 ) -> None:
-    rows = [r for r in rows if r.get(metric) is not None]
-    if not rows:
+    """Horizontal bars; a row without the metric shows as 'n/a' (it did not run)."""
+    if not any(r.get(metric) is not None for r in rows):
         ax.set_title(f"{title}\n(no data)", fontsize=9)
         ax.axis("off")
         return
     labels = [r["label"] for r in rows]
-    values = [r[metric] for r in rows]
-    y = range(len(rows))
-    ax.barh(list(y), values, color=[COLORS[r["role"]] for r in rows])
-    ax.set_yticks(list(y), labels, fontsize=7)
+    values = [r.get(metric) for r in rows]
+    present = [v for v in values if v is not None]
+    y = list(range(len(rows)))
+    ax.barh(
+        y,
+        [v if v is not None else 0 for v in values],
+        color=[COLORS[r["role"]] for r in rows],
+    )
+    ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(unit, fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
     if log:
         ax.set_xscale("log")
+    anchor = min(present) if log else 0
     for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.3g}", va="center", fontsize=6)
+        if v is None:
+            ax.text(anchor, i, " n/a (did not run)", va="center", fontsize=6)
+        else:
+            ax.text(v, i, f" {v:.3g}", va="center", fontsize=6)
 
 
 def main() -> None:

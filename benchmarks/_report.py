@@ -231,18 +231,21 @@ def _load_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
         "JetStream API calls from `/jsz`.",
         "",
         "| Target | executions | per task per s | client round trips / exec | "
-        "server commands (Redis) or messages in (NATS) / exec | JetStream API calls / exec |",
-        "|---|---|---|---|---|---|",
+        "server commands (Redis) or messages in (NATS) / exec | JetStream API calls / exec | "
+        "connections opened in the window |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in bench["rows"]:
         if "executions" not in row:
-            lines.append(f"| {row['label']} | {_s(row['status'])} | — | — | — | — |")
+            lines.append(
+                f"| {row['label']} | {_s(row['status'])} | — | — | — | — | — |"
+            )
             continue
         label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
         lines.append(
             f"| {label} | {_n(row['executions'])} | {_n(row['exec_per_task_s'], 3)} | "
             f"{_n(row.get('client_rt_per_exec'), 2)} | {_n(row.get('server_cmds_per_exec'), 2)} | "
-            f"{_n(row.get('js_api_per_exec'), 2)} |"
+            f"{_n(row.get('js_api_per_exec'), 2)} | {_n(row.get('client_connections'))} |"
         )
         if row["status"] != "ok":
             notes.append(f"{row['label']} (load): {row['status']}")

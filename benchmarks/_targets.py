@@ -10,43 +10,43 @@ from __future__ import annotations
 from typing import Any
 
 #: Client-side call counters, filled by `install_counters()`.
-COUNTS: dict[str, int] = {"round_trips": 0, "messages_out": 0}
+COUNTS: dict[str, int] = {"round_trips": 0, "messages_out": 0, "connections": 0}
+
+
+def _count(cls: Any, method: str, counter: str) -> None:
+    original = getattr(cls, method)
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        COUNTS[counter] += 1
+        return await original(self, *args, **kwargs)
+
+    setattr(cls, method, counted)
 
 
 def install_counters(kind: str) -> None:
     """Count the client's round trips by wrapping the driver (not this project).
 
-    Redis: every response read by redis-py's asyncio connection is one round
-    trip (nothing here pipelines). NATS: every request (JetStream API calls
+    Redis: every command a client executes (``Redis.execute_command``) and
+    every pipeline sent (``Pipeline.execute``) is one round trip; pub/sub
+    commands go to ``messages_out``; connections opened (with their HELLO
+    handshake) to ``connections``. NATS: every request (JetStream API calls
     and KV publishes with an ack are requests) is one round trip; every
     message the client publishes is counted in ``messages_out``.
     """
     if kind == "redis":
+        from redis.asyncio.client import Pipeline, PubSub, Redis
         from redis.asyncio.connection import AbstractConnection
 
-        read_response = AbstractConnection.read_response
-
-        async def counted_read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
-            COUNTS["round_trips"] += 1
-            return await read_response(self, *args, **kwargs)
-
-        AbstractConnection.read_response = counted_read_response  # type: ignore[method-assign]
+        _count(Redis, "execute_command", "round_trips")
+        _count(Pipeline, "execute", "round_trips")
+        _count(PubSub, "execute_command", "messages_out")
+        _count(AbstractConnection, "on_connect", "connections")
         return
     from nats.aio.client import Client
 
-    request = Client.request
-    publish = Client.publish
-
-    async def counted_request(self: Any, *args: Any, **kwargs: Any) -> Any:
-        COUNTS["round_trips"] += 1
-        return await request(self, *args, **kwargs)
-
-    async def counted_publish(self: Any, *args: Any, **kwargs: Any) -> Any:
-        COUNTS["messages_out"] += 1
-        return await publish(self, *args, **kwargs)
-
-    Client.request = counted_request  # type: ignore[method-assign]
-    Client.publish = counted_publish  # type: ignore[method-assign]
+    _count(Client, "request", "round_trips")
+    _count(Client, "publish", "messages_out")
+    _count(Client, "connect", "connections")
 
 
 def make_backend(target: str, url: str, namespace: str) -> Any:

@@ -46,14 +46,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     start_at = float(line)
     await asyncio.sleep(max(0.0, start_at - time.time()))
-    rt0, out0 = COUNTS["round_trips"], COUNTS["messages_out"]
+    before = dict(COUNTS)
     async with manager:
         await asyncio.sleep(max(0.0, start_at + args.seconds - time.time()))
-        result = {
-            "executions": executions[0],
-            "round_trips": COUNTS["round_trips"] - rt0,
-            "messages_out": COUNTS["messages_out"] - out0,
-        }
+        result: dict[str, Any] = {"executions": executions[0]}
+        result.update({k: v - before[k] for k, v in COUNTS.items()})
     await backend.__aexit__(None, None, None)
     return result
 

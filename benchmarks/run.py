@@ -545,6 +545,7 @@ def run_load(
         "server_cmds_per_exec",
         "js_api_per_exec",
         "in_msgs_per_exec",
+        "client_connections",
     )
     for target in MULTI_TARGETS:
         runs = results.get(target.id, [])
@@ -618,6 +619,7 @@ def _load_once(
         "exec_per_task_s": executions / s.load_tasks / s.load_seconds,
         "client_round_trips": round_trips,
         "client_rt_per_exec": round_trips / executions if executions else None,
+        "client_connections": sum(r["connections"] for r in reports),
         "workers": reports,
     }
     if is_redis:
@@ -948,10 +950,12 @@ def main() -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        help="JSON output (default: benchmarks/results/latest.json; a temporary directory with --smoke)",
+        help="JSON output (default: benchmarks/results/latest.json for a full run, a temporary directory for --smoke, --only or --no-peers)",
     )
     parser.add_argument(
-        "--png", type=Path, help="plot output (default: docs/img/benchmarks.png)"
+        "--png",
+        type=Path,
+        help="plot output (default: docs/img/benchmarks.png with the published results, else next to --out)",
     )
     args = parser.parse_args()
 
@@ -972,18 +976,19 @@ def main() -> int:
             }
         )
     selected = args.only or list(BENCHMARKS)
+    # Only a full run of everything replaces the published results; a smoke or
+    # partial run goes to a temporary directory unless --out says otherwise.
+    published = not args.smoke and not args.only and not args.no_peers
     if args.out is None:
-        out_dir = (
-            Path(tempfile.mkdtemp(prefix="bench-smoke-"))
-            if args.smoke
-            else BENCH_DIR / "results"
-        )
-        args.out = out_dir / ("smoke.json" if args.smoke else "latest.json")
+        if published:
+            args.out = BENCH_DIR / "results" / "latest.json"
+        else:
+            args.out = Path(tempfile.mkdtemp(prefix="bench-")) / "results.json"
     if args.png is None:
         args.png = (
-            args.out.with_suffix(".png")
-            if args.smoke
-            else REPO / "docs" / "img" / "benchmarks.png"
+            REPO / "docs" / "img" / "benchmarks.png"
+            if args.out == BENCH_DIR / "results" / "latest.json"
+            else args.out.with_suffix(".png")
         )
     started = time.monotonic()
 
@@ -1057,11 +1062,7 @@ def main() -> int:
     problem = plot(args.out, args.png, envs)
     if problem:
         log(problem)
-    if (
-        not args.smoke
-        and not args.only
-        and args.out == BENCH_DIR / "results" / "latest.json"
-    ):
+    if published and args.out == BENCH_DIR / "results" / "latest.json":
         update_docs(markdown, REPO / "docs" / "benchmarks.md")
     log(
         f"wrote {args.out}, {args.out.with_suffix('.md')}"
