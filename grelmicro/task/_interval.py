@@ -204,7 +204,7 @@ class IntervalTask:
     async def _run_with_resource(self) -> None:
         sync = self.sync
         if sync is None:
-            await self._run()
+            await self._run_if_still_leader()
             return
         if isinstance(sync, Lock):
             try:
@@ -213,7 +213,7 @@ class IntervalTask:
                 logger.debug("Task skipped: %s", self._name)
                 return
             try:
-                await self._run()
+                await self._run_if_still_leader()
             finally:
                 with anyio.CancelScope(shield=True):
                     await sync.release()
@@ -224,10 +224,22 @@ class IntervalTask:
             logger.debug("Task skipped: %s", self._name)
             return
         try:
-            await self._run()
+            await self._run_if_still_leader()
         finally:
             with anyio.CancelScope(shield=True):
                 await sync.__aexit__(None, None, None)
+
+    async def _run_if_still_leader(self) -> None:
+        """Run, unless leadership was lost while the locks were being taken.
+
+        A lock call may answer late (a slow or frozen server): by then this
+        worker may have passed its renew deadline and another may lead.
+        """
+        leader = self.leader
+        if leader is not None and not leader.is_leader():
+            logger.debug("Task skipped: %s", self._name)
+            return
+        await self._run()
 
     def _log_sync_error(self, exc: SyncBackendError) -> None:
         now = time.monotonic()

@@ -330,14 +330,6 @@ async def test_shutdown_under_load_leaves_nothing_to_wait_out(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug (reported): IntervalTask.attempt checks is_leader() before the "
-        "TaskLock round trip and not after, so a TaskLock call that answers after "
-        "renew_deadline lets a worker that is no longer leader run the function"
-    ),
-)
 async def test_late_task_lock_answer_does_not_run_a_stale_leader(
     kind: str, start_server: Callable[[Any], Any]
 ) -> None:
