@@ -219,6 +219,34 @@ async def test_acquire_or_remaining(backend_case: BackendCase) -> None:
     assert await backend.owned(name=key, token="b")
 
 
+async def test_wait_released(backend_case: BackendCase) -> None:
+    backend, key = backend_case.backend, name()
+    wait_released = getattr(backend, "wait_released", None)
+    if wait_released is None:
+        pytest.skip(f"the {backend_case.kind} backend has no wait_released")
+    with anyio.fail_after(5):
+        await wait_released(name=key)  # free: returns at once
+    # Released by its holder: a waiter wakes up soon after.
+    assert await backend.acquire(name=key, token="a", duration=30)
+    woke = anyio.Event()
+
+    async def waiter() -> None:
+        await wait_released(name=key)
+        woke.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiter)
+        await anyio.sleep(0.1)
+        assert await backend.release(name=key, token="a")
+        with anyio.fail_after(5):
+            await woke.wait()
+    # Expired: a waiter wakes up too.
+    assert await backend.acquire(name=key, token="a", duration=backend_case.ttl)
+    with anyio.fail_after(backend_case.expiry_deadline(backend_case.ttl)):
+        while await backend.locked(name=key):
+            await wait_released(name=key)
+
+
 # Lock ---------------------------------------------------------------------------
 
 
