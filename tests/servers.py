@@ -961,7 +961,7 @@ class RedisClusterServers:
                 )
                 self.servers.append(server)
                 server.open()
-            clients = [
+            clients: list[Any] = [
                 redis.Redis(host=s.host, port=s.port, socket_timeout=2)
                 for s in self.servers
             ]
