@@ -25,6 +25,7 @@ from tests.integration.faults.harness import (
     check_handovers,
     check_spacing,
     figure,
+    longest_double_leadership,
 )
 from tests.integration.faults.targets import KINDS, Target, require_kind, target_for
 from tests.integration.faults.worker import LOCKED_TASK
@@ -297,3 +298,40 @@ def test_broker_restart(
     assert recovered_at - up_at <= recovery_bound + MARGIN, diagnostics
     assert locked_at - up_at <= recovery_bound + MARGIN, diagnostics
     assert len(handovers) <= 1
+
+
+def test_redis_restart_losing_data_bounds_double_leadership(
+    start_server: Callable[[Any], Any], tmp_path: Path
+) -> None:
+    """Redis comes back empty within renew_deadline (no persistence, or a
+    failover to a replica that missed the last writes): the lease is gone, so
+    another worker may take it while the old leader still counts on its
+    renew_deadline. The old leader learns it at its next renewal: two workers
+    are leader together for at most about one retry_interval."""
+    server = start_server(RedisServer(source="controllable", persistent=False))
+    server.require_control()
+    target_iter = target_for("redis", server.url)
+    target = next(target_iter)
+    t = target.timings
+    try:
+        with make_fleet(target, tmp_path) as fleet:
+            fleet.spawn(2)
+            fleet.wait_leader()
+            time.sleep(0.3)
+            down_at = time.time()
+            server.stop()
+            server.start()
+            up_at = time.time()
+            time.sleep(2.0)
+            ended_at = time.time()
+            codes = fleet.terminate_all()
+            diagnostics = fleet.diagnostics()
+    finally:
+        next(target_iter, None)
+
+    assert up_at - down_at < t.renew, "the restart took longer than renew_deadline"
+    assert all(code == 0 for code in codes.values()), (codes, diagnostics)
+    overlap = longest_double_leadership(fleet, ended_at)
+    figure("redis restart losing data: restart took", up_at - down_at)
+    figure("redis restart losing data: two leaders overlapped", overlap, t.retry)
+    assert overlap <= t.retry + 0.1 + MARGIN, diagnostics

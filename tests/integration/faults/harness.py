@@ -444,3 +444,31 @@ def figure(
     if path:
         with open(path, "a") as file:
             file.write(text + "\n")
+
+
+def leader_intervals(worker: Worker, end: float) -> list[tuple[float, float]]:
+    """The spans during which `worker`'s `is_leader()` was True (10 ms watcher)."""
+    spans = []
+    since: float | None = None
+    for event in worker.events("leader"):
+        if event.detail == "1" and since is None:
+            since = event.time
+        elif event.detail == "0" and since is not None:
+            spans.append((since, event.time))
+            since = None
+    if since is not None:
+        spans.append((since, end))
+    return spans
+
+
+def longest_double_leadership(fleet: Fleet, end: float) -> float:
+    """The longest time two workers' `is_leader()` were True together."""
+    spans = {w.name: leader_intervals(w, end) for w in fleet.workers}
+    longest = 0.0
+    names = list(spans)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            for a_start, a_end in spans[first]:
+                for b_start, b_end in spans[second]:
+                    longest = max(longest, min(a_end, b_end) - max(a_start, b_start))
+    return longest
