@@ -66,6 +66,7 @@ class TaskManager(TaskRouter):
 
             self._broker_backend = backend_for(broker)
         self._task_group: TaskGroup | None = None
+        self._tasks_group: TaskGroup | None = None  # where tasks start (brokers.attach)
         self._running = False
 
     @property
@@ -89,6 +90,9 @@ class TaskManager(TaskRouter):
         try:
             if self._broker_backend is not None:
                 await self._broker_backend.__aenter__()
+                from grelmicro.brokers import attach
+
+                self._tasks_group = await attach(self, task_group)
             if self._auto_start:
                 await self.start()
         except BaseException as exc:
@@ -104,6 +108,7 @@ class TaskManager(TaskRouter):
         if self._running:
             return
         self.do_mark_as_started()
+        task_group = self._tasks_group or task_group
         self._running = True
         tasks = self.tasks
         for leader in _missing_leaders(tasks):
@@ -133,6 +138,7 @@ class TaskManager(TaskRouter):
             return await task_group.__aexit__(exc_type, exc_value, traceback)
         finally:
             self._task_group = None
+            self._tasks_group = None
             self._running = False
             if self._broker_backend is not None:
                 with anyio.CancelScope(shield=True):
