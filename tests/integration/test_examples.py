@@ -111,6 +111,11 @@ async def test_broker_example(
     assert await lease_is_free(kind, url, module.leader.name)
 
 
+# FastStream 0.7 announces that its FastAPI integration moves to a package of
+# its own (faststream_fastapi); the integration itself still works.
+@pytest.mark.filterwarnings(
+    "ignore:The integration has been moved to the faststream_fastapi:DeprecationWarning"
+)
 async def test_fastapi_example(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
