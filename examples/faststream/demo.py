@@ -53,7 +53,7 @@ class Timing:
 
 
 FULL = Timing(tick=1.0, lease=3.0, crash_at=7.0, stop_at=15.0, end_at=22.0)
-SHORT = Timing(tick=1.0, lease=2.0, crash_at=2.5, stop_at=6.0, end_at=8.0)
+SHORT = Timing(tick=1.0, lease=2.0, crash_at=2.0, stop_at=5.0, end_at=6.5)
 
 
 # Terminal output ---------------------------------------------------------------
