@@ -97,6 +97,8 @@ class LeaderElection(Primitive):
         self._running = False
         # True after a round in which another worker held the lease.
         self._lost_to_other = False
+        # Seconds left on the other worker's lease, when the backend says.
+        self._lease_left: float | None = None
         self._last_error_log = -float("inf")
         self._errors_suppressed = 0
 
@@ -191,14 +193,21 @@ class LeaderElection(Primitive):
         follower take over at once after a graceful stop instead of at its
         next retry.
         """
+        wait = self.retry_interval
+        lease_left = self._lease_left
+        if self._lost_to_other and lease_left is not None:
+            # The failed attempt told how long the other lease lasts: retry
+            # right when it runs out (a crashed leader), not up to one
+            # retry_interval later.
+            wait = min(wait, lease_left + 0.001)
         waiter = (
             wait_released_of(self._backend_or_none()) if self._lost_to_other else None
         )
         if waiter is None:
-            await anyio.sleep(self.retry_interval)
+            await anyio.sleep(wait)
             return
-        deadline = time.monotonic() + self.retry_interval
-        with anyio.move_on_after(self.retry_interval):
+        deadline = time.monotonic() + wait
+        with anyio.move_on_after(wait):
             try:
                 await waiter(name=self.key)
             except Exception:
@@ -214,15 +223,29 @@ class LeaderElection(Primitive):
     async def _round(self) -> None:
         """Take or renew the lease once."""
         backend = self.backend
+        fast = getattr(backend, "acquire_or_remaining", None)
         started = time.monotonic()
+        self._lease_left = None
         try:
-            acquired = await call_backend(
-                lambda: backend.acquire(
-                    name=self.key, token=self.worker, duration=self.lease_duration
-                ),
-                lambda: LockAcquireError(name=self.key, token=self.worker),
-                self.backend_timeout,
-            )
+            if fast is None:
+                acquired = await call_backend(
+                    lambda: backend.acquire(
+                        name=self.key, token=self.worker, duration=self.lease_duration
+                    ),
+                    lambda: LockAcquireError(name=self.key, token=self.worker),
+                    self.backend_timeout,
+                )
+            else:
+                left: float = await call_backend(
+                    lambda: fast(
+                        name=self.key, token=self.worker, duration=self.lease_duration
+                    ),
+                    lambda: LockAcquireError(name=self.key, token=self.worker),
+                    self.backend_timeout,
+                )
+                acquired = left <= 0
+                if not acquired and left != float("inf"):
+                    self._lease_left = left
         except Exception as exc:
             self._lost_to_other = False
             self._log_error(exc)

@@ -208,3 +208,23 @@ async def test_follower_takes_over_at_once_when_backend_reports_release() -> Non
         with anyio.fail_after(1):
             await follower.wait_for_leader()
         assert time.monotonic() - start < 0.1
+
+
+async def test_follower_retries_when_crashed_leaders_lease_runs_out() -> None:
+    # A crashed leader never releases; the follower learns from its failed
+    # attempt how long the lease lasts and retries right then, not up to one
+    # retry_interval later.
+    class NoRelease(MemorySyncBackend):
+        async def wait_released(self, *, name: str) -> None:
+            await anyio.sleep_forever()
+
+    backend = NoRelease()
+    await backend.acquire(name="leader:e", token="crashed", duration=0.3)
+    start = time.monotonic()
+    follower = LeaderElection(
+        "e", lease_duration=5, renew_deadline=4, retry_interval=2, backend_timeout=1
+    )
+    async with running(follower):
+        with anyio.fail_after(1.5):
+            await follower.wait_for_leader()
+    assert time.monotonic() - start < 0.6
