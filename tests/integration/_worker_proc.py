@@ -21,8 +21,25 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from grelmicro.sync.abc import SyncBackend
 from grelmicro.task import TaskManager
-from tests.integration.conftest import make_backend
+
+
+def make_backend(kind: str, url: str, namespace: str) -> SyncBackend:
+    """Build a backend of `kind` on `namespace` (not entered, not registered).
+
+    `namespace` is a Redis key prefix or a NATS bucket name.
+    """
+    if kind == "redis":
+        from grelmicro.sync.redis import RedisSyncBackend
+
+        return RedisSyncBackend(url, prefix=namespace, auto_register=False)
+    if kind == "nats":
+        from grelmicro.sync.nats import NatsSyncBackend
+
+        return NatsSyncBackend(url, bucket=namespace, auto_register=False)
+    msg = f"unknown backend kind {kind!r}"
+    raise ValueError(msg)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

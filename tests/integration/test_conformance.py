@@ -75,7 +75,7 @@ async def test_same_token_extends(backend_case: BackendCase) -> None:
     assert await backend.acquire(name=key, token="a", duration=backend_case.ttl)
     assert await backend.acquire(name=key, token="a", duration=30)
     # Past the first lease and the server's expiry sweep: still held.
-    await anyio.sleep(backend_case.ttl + min(backend_case.slack, 1.5) + 0.2)
+    await anyio.sleep(backend_case.ttl + backend_case.slack + 0.2)
     assert await backend.owned(name=key, token="a")
     assert not await backend.acquire(name=key, token="b", duration=10)
 
@@ -437,7 +437,7 @@ async def test_leader_election_takeover_on_cancel(backend_case: BackendCase) -> 
 
 async def test_leader_renews_beyond_its_lease(backend_case: BackendCase) -> None:
     key = name()
-    lease = max(1.5, backend_case.ttl * 1.5)
+    lease = backend_case.ttl * 1.5
     leader = election(key, backend_case.backend, "a", lease=lease)
     follower = election(key, backend_case.make(), "b", lease=lease)
     await follower.backend.__aenter__()
@@ -474,7 +474,7 @@ async def test_two_managers_run_a_locked_task_at_most_once_per_interval(
     backend_case: BackendCase,
 ) -> None:
     seconds = backend_case.ttl
-    duration = seconds * 2 + (backend_case.slack or 0.5) + 0.5
+    duration = seconds * 2.5 + backend_case.slack
     task_name = name()
     runs: list[tuple[str, float, float]] = []
     managers = []
@@ -521,7 +521,7 @@ def test_processes_contend_for_one_task_lock(
     """Three OS processes run the same locked task: never twice per interval."""
     url = server_url(request, kind)
     namespace = unique_namespace(kind)
-    seconds, duration, workers = 1.0, 3.5, 3
+    seconds, duration, workers = 1.0, 2.5, 3
     out = tmp_path / "runs.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [
@@ -585,11 +585,6 @@ def test_processes_contend_for_one_task_lock(
         )
     ]
     check_runs(runs, min_gap=seconds, duration=duration)
-    if kind == "nats":
-        # The TTL sweep may delay takeovers, but runs still happen.
-        assert len(runs) >= 2
-    if kind == "redis":
-        assert len(runs) >= 3, runs
 
 
 def _worker_logs(logs: list[Path]) -> str:
