@@ -374,6 +374,7 @@ def run_lock(
 def run_scheduler(s: Settings, envs: dict[str, Env]) -> list[dict[str, Any]]:
     """Scheduler overhead: each target and size in a fresh process, per round."""
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    failures: dict[tuple[str, int], list[str]] = {}
     status: dict[str, str] = {}
     for target in SCHEDULER_TARGETS:
         env = envs.get(target.env)
@@ -387,7 +388,7 @@ def run_scheduler(s: Settings, envs: dict[str, Env]) -> list[dict[str, Any]]:
             log(f"scheduler: round {round_index + 1}/{s.scheduler_rounds}, {jobs} jobs")
             for target in SCHEDULER_TARGETS:
                 env = envs.get(target.env)
-                if env is None or env.python is None or status[target.id] != "ok":
+                if env is None or env.python is None:
                     continue
                 argv = [
                     python_of(env),
@@ -406,7 +407,7 @@ def run_scheduler(s: Settings, envs: dict[str, Env]) -> list[dict[str, Any]]:
                         env=clean_env(),
                         capture_output=True,
                         text=True,
-                        timeout=s.scheduler_seconds + 120,
+                        timeout=s.scheduler_seconds + 180,
                         check=False,
                     )
                     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -416,8 +417,10 @@ def run_scheduler(s: Settings, envs: dict[str, Env]) -> list[dict[str, Any]]:
                         tail = "timed out"
                     else:
                         tail = " / ".join(done.stderr.strip().splitlines()[-3:])
-                    status[target.id] = f"failed: {tail or exc}"
-                    log(f"scheduler: {target.id}: {status[target.id]}")
+                    failures.setdefault((target.id, jobs), []).append(
+                        f"round {round_index + 1}: {tail or exc}"
+                    )
+                    log(f"scheduler: {target.id}, {jobs} jobs: failed: {tail or exc}")
                     continue
                 result["round"] = round_index
                 results.setdefault(jobs, {}).setdefault(target.id, []).append(result)
@@ -444,7 +447,11 @@ def run_scheduler(s: Settings, envs: dict[str, Env]) -> list[dict[str, Any]]:
                 "label": target.label,
                 "role": target.role,
                 "env": target.env,
-                "status": status[target.id],
+                "status": (
+                    "failed: " + "; ".join(failures[(target.id, jobs)])
+                    if (target.id, jobs) in failures
+                    else status[target.id]
+                ),
                 "rounds": runs,
             }
             if runs:
