@@ -558,3 +558,30 @@ async def test_leaving_app_hands_over_leadership_and_resource_lock(
     # Bounds far below the leases, generous for a loaded machine.
     assert leader_took < 3, leader_took
     assert lock_took < 3, lock_took
+
+
+async def test_stop_tasks_releases_before_a_hand_stopped_broker_closes(
+    redis_url: str,
+) -> None:
+    """Without an application, `stop_tasks` is the hook to call before `broker.stop()`."""
+    from grelmicro.brokers import stop_tasks
+
+    broker = make_broker("redis", redis_url)
+    manager = TaskManager(broker=broker)
+    leader = LeaderElection(
+        unique("hand-stopped"),
+        lease_duration=10,
+        renew_deadline=5,
+        retry_interval=0.1,
+        backend_timeout=2,
+    )
+    manager.add_task(leader)
+    await broker.start()
+    async with manager:
+        await wait_until(leader.is_leader, timeout=10)
+        await stop_tasks(manager)
+        assert not leader.is_leader()
+        await broker.stop()
+    other = RedisSyncBackend(redis_url, auto_register=False)
+    async with other:
+        assert not await other.locked(name=leader.key)
