@@ -89,7 +89,14 @@ def start_cluster_fleet(
         namespace=unique_namespace("nats"),
         directory=tmp_path,
         timings=TIMINGS["nats"],
-        extra_args=["--own-client", "--replicas", "3", "--locked", "--probe"],
+        extra_args=[
+            "--own-client",
+            "--replicas",
+            "3",
+            "--locked",
+            "--probe",
+            "--trace",
+        ],
     )
     try:
         fleet.spawn(3, urls=[rotated(cluster.urls, i) for i in range(3)])
@@ -119,9 +126,13 @@ def check_reconnected(worker: Worker, killed_at: float) -> float:
 def finish(fleet: Fleet, killed_at: float) -> tuple[dict[str, int], str]:
     """Stop the workers; check no double run; return (exit codes, diagnostics)."""
     codes = fleet.terminate_all()
-    check_handovers(fleet)
-    check_spacing(fleet, LOCKED_TASK, fleet.timings.interval - 0.1)
-    return codes, fleet.diagnostics()
+    diagnostics = fleet.diagnostics()
+    try:
+        check_handovers(fleet)
+        check_spacing(fleet, LOCKED_TASK, fleet.timings.interval - 0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics}") from None
+    return codes, diagnostics
 
 
 def test_meta_leader_node_loss(

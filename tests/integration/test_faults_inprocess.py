@@ -21,7 +21,7 @@ from grelmicro.sync import LeaderElection, Lock
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.task import TaskManager
 from tests.integration.faults.harness import figure, max_gap
-from tests.integration.faults.recording import RecordingBackend
+from tests.integration.faults.recording import RecordingBackend, SlowReplyBackend
 from tests.integration.faults.targets import (
     KINDS,
     Target,
@@ -407,3 +407,81 @@ async def test_late_task_lock_answer_does_not_run_a_stale_leader(
 
     stale = [t - resumed_at for t, is_leader in runs if not is_leader]
     assert stale == [], f"ran while not leader, {stale} s after the server resumed"
+
+
+# A slow TaskLock acquire ------------------------------------------------------------
+
+SLOW_CALL = 1.2
+MIN_HOLD = 1.0
+RUN_TIME = 0.5
+
+
+@pytest.mark.parametrize("where", ["reply", "request"])
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "core bug (reported): TaskLock measures the hold from before the acquire "
+        "call: a late answer (reply) finds the min_lock_seconds lease already "
+        "expired and runs anyway, alongside another worker; after a slow request "
+        "the minimum hold counts the call's own duration and is released at once"
+    ),
+)
+async def test_slow_task_lock_acquire_never_runs_two_copies(
+    target: Target, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Worker A's TaskLock acquire takes 1.2 s, longer than min_lock_seconds
+    (1 s): its answer comes late (``reply``: a busy event loop, a slow reply
+    path; the server granted the lock 1.2 s before A sees it) or its request
+    reaches the server late (``request``). Worker B, trying every 0.2 s, must
+    neither run the task while A runs it, nor run it less than
+    min_lock_seconds after A did.
+    """
+    slow = SlowReplyBackend(make_backend(target.kind, target.url, target.namespace))
+    other = make_backend(target.kind, target.url, target.namespace)
+    runs: list[tuple[str, float, float]] = []
+
+    def manager_for(worker: str, backend: SyncBackend) -> TaskManager:
+        manager = TaskManager()
+
+        @manager.interval(
+            seconds=0.2,
+            name="slow-lock-job",
+            max_lock_seconds=3.0,
+            min_lock_seconds=MIN_HOLD,
+            backend=backend,
+            worker=worker,
+        )
+        async def slow_lock_job() -> None:
+            start = time.monotonic()
+            await anyio.sleep(RUN_TIME)
+            runs.append((worker, start, time.monotonic()))
+
+        return manager
+
+    with caplog.at_level(logging.WARNING, logger="grelmicro.task"):
+        async with slow, other:
+            slow.delay("tasklock:slow-lock-job", SLOW_CALL, where)
+            async with manager_for("a", slow):
+                # B starts once the server granted A the lock (reply: A does
+                # not know it yet) or once A's run ended (request: A has
+                # released, or kept, the lock).
+                with anyio.fail_after(5):
+                    while "tasklock:slow-lock-job" not in slow.answered_at or (
+                        where == "request" and not runs
+                    ):
+                        await anyio.sleep(0.005)
+                async with manager_for("b", other):
+                    await anyio.sleep(SLOW_CALL + MIN_HOLD + RUN_TIME)
+
+    runs.sort(key=lambda run: run[1])
+    assert {worker for worker, _, _ in runs} == {"a", "b"}, runs
+    pairs = [
+        (first, second)
+        for first, second in itertools.pairwise(runs)
+        if first[0] != second[0]
+    ]
+    overlaps = [(f, s) for f, s in pairs if s[1] < f[2]]
+    too_soon = [(f, s) for f, s in pairs if s[1] - f[1] < MIN_HOLD - 0.05]
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    assert overlaps == [], f"two workers ran the task at once: {overlaps}; {lost}"
+    assert too_soon == [], f"runs closer than min_lock_seconds: {too_soon}"

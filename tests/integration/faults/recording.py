@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
+
 from grelmicro.sync.abc import SyncBackend
 
 
@@ -107,4 +109,35 @@ class RecordingBackend:
         result: bool = await self._record(
             "owned", name, self.inner.owned(name=name, token=token)
         )
+        return result
+
+
+class SlowReplyBackend(RecordingBackend):
+    """A `RecordingBackend` that can slow down one call, before or after the server.
+
+    `delay(name, seconds, where="reply")` holds back the answer of the next
+    call on `name` by `seconds` after the server acted (a busy event loop, a
+    slow reply path); ``where="request"`` holds the request back before it
+    reaches the server (a slow request path). `answered_at` records when the
+    server's answer arrived (monotonic).
+    """
+
+    def __init__(self, inner: SyncBackend) -> None:
+        super().__init__(inner)
+        self._delays: dict[str, tuple[float, str]] = {}
+        self.answered_at: dict[str, float] = {}
+
+    def delay(self, name: str, seconds: float, where: str = "reply") -> None:
+        """Slow down the next call on `name` by `seconds` (`reply` or `request`)."""
+        self._delays[name] = (seconds, where)
+
+    async def _record(self, operation: str, name: str, call: Any) -> Any:
+        delay = self._delays.pop(name, None)
+        if delay is not None and delay[1] == "request":
+            await anyio.sleep(delay[0])
+        result = await super()._record(operation, name, call)
+        if delay is not None:
+            self.answered_at[name] = time.monotonic()
+            if delay[1] == "reply":
+                await anyio.sleep(delay[0])
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from uuid import uuid4
@@ -20,7 +21,7 @@ KINDS = ["redis", "nats"]
 #: a 1 s key), so a dead holder's NATS key can outlive its lease by that much.
 TIMINGS = {
     "redis": Timings(expiry_slack=0.1),
-    "nats": Timings(expiry_slack=1.5),
+    "nats": Timings(expiry_slack=1.5, ttl_floor=1.0),
 }
 
 
@@ -68,9 +69,17 @@ async def _delete_bucket(url: str, bucket: str) -> None:
 
 
 def cleanup(kind: str, url: str, namespace: str) -> None:
-    """Remove a test's NATS bucket (Redis keys expire on their own)."""
+    """Remove a test's NATS bucket (Redis keys expire on their own).
+
+    Runs its own event loop in a thread: the caller may be a sync fixture of
+    an async test, whose loop is still running in this thread.
+    """
     if kind == "nats":
-        anyio.run(_delete_bucket, url, namespace)
+        thread = threading.Thread(
+            target=anyio.run, args=(_delete_bucket, url, namespace)
+        )
+        thread.start()
+        thread.join(10)
 
 
 def target_for(kind: str, url: str) -> Iterator[Target]:

@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-lock", type=float, default=1.0)
     parser.add_argument("--local", action="store_true")
     parser.add_argument("--probe", action="store_true")
+    parser.add_argument(
+        "--trace", action="store_true", help="record every backend call as an event"
+    )
     return parser.parse_args(argv)
 
 
@@ -149,6 +152,93 @@ async def make_backend(
         auto_register=False,
     )
     return backend, client
+
+
+class TracingBackend:
+    """Delegates to a backend and records each call (``call <op> <name> <result>``)."""
+
+    def __init__(self, inner: SyncBackend, events: Events) -> None:
+        self.inner = inner
+        self.events = events
+        fast = getattr(inner, "acquire_or_remaining", None)
+        if fast is not None:
+
+            async def acquire_or_remaining(
+                *, name: str, token: str, duration: float
+            ) -> float:
+                result: float = await self._trace(
+                    "acquire_or_remaining",
+                    name,
+                    fast(name=name, token=token, duration=duration),
+                )
+                return result
+
+            self.acquire_or_remaining = acquire_or_remaining
+        for optional in ("extend", "wait_released"):
+            if hasattr(inner, optional):
+                setattr(self, optional, getattr(inner, optional))
+
+    async def _trace(self, operation: str, name: str, call: Any) -> Any:
+        start = time.time()
+        result: Any = "cancelled"
+        try:
+            result = await call
+            return result
+        except Exception as exc:
+            result = type(exc).__name__
+            raise
+        finally:
+            self.events.write(
+                "call", f"{operation} {name} {result} {time.time() - start:.3f}"
+            )
+
+    async def __aenter__(self) -> TracingBackend:
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.inner.__aexit__(*exc_info)
+
+    async def acquire(self, *, name: str, token: str, duration: float) -> bool:
+        result: bool = await self._trace(
+            "acquire",
+            name,
+            self.inner.acquire(name=name, token=token, duration=duration),
+        )
+        return result
+
+    async def release(self, *, name: str, token: str) -> bool:
+        result: bool = await self._trace(
+            "release", name, self.inner.release(name=name, token=token)
+        )
+        return result
+
+    async def locked(self, *, name: str) -> bool:
+        result: bool = await self._trace("locked", name, self.inner.locked(name=name))
+        return result
+
+    async def owned(self, *, name: str, token: str) -> bool:
+        result: bool = await self._trace(
+            "owned", name, self.inner.owned(name=name, token=token)
+        )
+        return result
+
+
+async def warm_up(backend: SyncBackend, events: Events) -> None:
+    """Connect (and create the bucket) before starting the tasks.
+
+    Retried for a few seconds: right after a replicated NATS bucket is
+    created, its stream may not answer on every node yet.
+    """
+    with anyio.fail_after(10):
+        while True:
+            try:
+                await backend.locked(name="warm-up")
+            except Exception as exc:
+                events.write("warm-up", f"retry {type(exc).__name__}")
+                await anyio.sleep(0.1)
+            else:
+                return
 
 
 def build_manager(
@@ -240,11 +330,12 @@ async def run(args: argparse.Namespace) -> None:
     setup_logging(args.dir / f"{args.worker}.log")
     events = Events(args.dir / f"{args.worker}.events")
     backend, client = await make_backend(args, events)
+    if args.trace:
+        backend = TracingBackend(backend, events)
     manager, leader = build_manager(args, backend, events)
     try:
         async with backend:
-            # Connect (and create the NATS bucket) before starting the tasks.
-            await backend.locked(name="warm-up")
+            await warm_up(backend, events)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(watch_signals, tg.cancel_scope, events)
                 tg.start_soon(watch_leader, leader, events)
