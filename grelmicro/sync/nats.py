@@ -103,6 +103,8 @@ _EXPECTED: Final = "Nats-Expected-Last-Subject-Sequence"
 _TTL: Final = "Nats-TTL"
 _KV_OPERATION: Final = "KV-Operation"
 _MARKER_REASON: Final = "Nats-Marker-Reason"
+#: The exact lease in milliseconds, when it is not a whole number of seconds.
+_LEASE_MS: Final = "Grelmicro-Lease-Ms"
 _FREE_OPERATIONS: Final = ("DEL", "PURGE")
 #: JetStream error codes: wrong last (subject) sequence, stream in use.
 _WRONG_LAST_CODES: Final = (10071, 10164)
@@ -347,6 +349,7 @@ class NatsSyncBackend:
         self._direct = True
         self._rollup = False
         self._max_age_ns = 0
+        self._always_lease_ms = False
         self._created: str | None = None
         self._known: dict[str, _Known] = {}
         if auto_register:
@@ -481,8 +484,14 @@ class NatsSyncBackend:
             nc = await self._provider()
         except SyncBackendError:
             raise
-        except Exception as exc:
+        except TimeoutError as exc:
             raise _wrap(operation, name, exc) from exc
+        except Exception as exc:
+            raise NatsSyncBackendConnectionError(
+                operation=operation,
+                name=name,
+                detail=f"the client provider failed: {type(exc).__name__}: {exc}",
+            ) from exc
         if not isinstance(nc, Client):
             raise NatsSyncBackendConnectionError(
                 operation=operation,
@@ -499,13 +508,24 @@ class NatsSyncBackend:
 
     async def _open(self, operation: str, name: str) -> Client:
         nc = Client()
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(exc)
+            logger.debug("NATS connection error: %s: %s", type(exc).__name__, exc)
+
         try:
             with anyio.fail_after(CONNECT_TIMEOUT):
+                # Two attempts per server at first, so an unreachable server
+                # fails fast; then reconnect forever (set below).
                 await nc.connect(
                     servers=self._servers,
+                    error_cb=on_error,
                     disconnected_cb=self._on_disconnected,
+                    max_reconnect_attempts=1,
                     **_CONNECT_OPTIONS,
                 )
+            nc.options["max_reconnect_attempts"] = -1
         except BaseException as exc:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                 try:
@@ -514,11 +534,12 @@ class NatsSyncBackend:
                     logger.debug("Closing a failed NATS connection failed")
             if isinstance(exc, Exception):
                 servers = _redact(",".join(self._servers))
+                cause = errors[-1] if errors else exc
                 raise NatsSyncBackendConnectionError(
                     operation=operation,
                     name=name,
                     detail=f"cannot connect to NATS at {servers}: "
-                    f"{type(exc).__name__}: {exc}",
+                    f"{type(cause).__name__}: {cause}",
                 ) from exc
             raise
         return nc
@@ -627,6 +648,9 @@ class NatsSyncBackend:
         # expires: every write then rolls the key's history up.
         self._rollup = config.get("max_msgs_per_subject") != 1
         self._max_age_ns = int(config.get("max_age") or 0)
+        # With limit markers, the server raises short TTLs to the marker TTL:
+        # the exact lease is then always written for readers to honour.
+        self._always_lease_ms = bool(config.get("subject_delete_marker_ttl"))
 
     # Requests ----------------------------------------------------------------
 
@@ -639,6 +663,15 @@ class NatsSyncBackend:
         operation: str,
         name: str,
     ) -> Msg:
+        if not nc.is_connected:
+            # Not buffered for later: a request sent after reconnecting could
+            # take a lock long after its caller gave up on it.
+            raise NatsSyncBackendConnectionError(
+                operation=operation,
+                name=name,
+                detail="the NATS connection is down (reconnecting or closed); "
+                "nothing was sent",
+            )
         try:
             return await nc.request(
                 subject, payload, timeout=self.request_timeout, headers=headers
@@ -770,6 +803,10 @@ class NatsSyncBackend:
             return _Entry(seq, token, None)
         written = parse_timestamp_ns(stamp)
         limits = [written + ttl * _NS] if ttl > 0 else []
+        lease_ms = headers.get(_LEASE_MS)
+        if lease_ms is not None and lease_ms.isdigit():
+            # A lease shorter than the server's whole seconds: honour it.
+            limits.append(written + int(lease_ms) * 1_000_000)
         if self._max_age_ns:
             limits.append(written + self._max_age_ns)
         return _Entry(seq, token, min(limits) if limits else None)
@@ -856,6 +893,11 @@ class NatsSyncBackend:
             )
         payload = token.encode()
         ttl_header = str(ttl)
+        # The server only keeps whole seconds: a shorter or fractional lease
+        # is also written in milliseconds, for readers to honour exactly.
+        lease_ms = max(1, math.ceil(round(duration * 1000, 3)))
+        exact = self._always_lease_ms or lease_ms != ttl * 1000
+        lease_header = str(lease_ms) if exact else None
         known = self._known.get(key)
         if known is None:
             expected = 0
@@ -867,6 +909,8 @@ class NatsSyncBackend:
             expected = 0  # held: the answer tells us whether it still is
         for _ in range(_ATTEMPTS):
             headers = {_EXPECTED: str(expected), _TTL: ttl_header}
+            if lease_header is not None:
+                headers[_LEASE_MS] = lease_header
             if self._rollup:
                 headers["Nats-Rollup"] = "sub"
             seq, last = await self._cas(nc, key, payload, headers, operation, name)
@@ -982,9 +1026,9 @@ class NatsSyncBackend:
 
         It listens to the key's subject (a plain NATS subscription, no
         JetStream consumer) and returns on the release marker, so a waiter
-        can retry at once after a graceful release. It may return early
-        (callers check again by acquiring); an expiry is noticed when the
-        backend already knows when the holder's lease ends.
+        can retry at once after a graceful release, and returns when the
+        holder's lease runs out by the server's clock. It may return early
+        (callers check again by acquiring).
         """
         key = self._key(name)
         nc = await self._client("wait_released", name)
@@ -1009,9 +1053,13 @@ class NatsSyncBackend:
             if entry is None or entry.token is None:
                 return
             known = self._known.get(key)
-            wait = math.inf
             if known is not None and known.seq == entry.seq and known.late is not None:
                 wait = known.late - time.monotonic()
+            elif entry.expiry_ns is None:
+                wait = math.inf
+            else:
+                now = await self._server_now(nc, "wait_released", name)
+                wait = (entry.expiry_ns - now) / _NS
             if wait <= 0:
                 return
             with anyio.move_on_after(wait):
@@ -1024,23 +1072,17 @@ class NatsSyncBackend:
                     logger.debug("Unsubscribing from %s failed", key, exc_info=True)
 
 
-async def _on_error(exc: Exception) -> None:
-    logger.debug("NATS connection error: %s: %s", type(exc).__name__, exc)
-
-
 async def _on_reconnected() -> None:
     logger.info("NATS sync backend reconnected")
 
 
-#: Options of the connection the backend opens from its URL: a few seconds per
-#: attempt, then reconnect forever, every half second (a backend outlives
-#: server restarts; its requests fail after `request_timeout` meanwhile).
+#: Options of the connection the backend opens from its URL: two seconds per
+#: attempt; once connected it reconnects forever, every half second (a
+#: backend outlives server restarts; its requests fail fast meanwhile).
 _CONNECT_OPTIONS: Final[dict[str, Any]] = {
     "name": "grelmicro",
     "connect_timeout": 2,
     "reconnect_time_wait": 0.5,
-    "max_reconnect_attempts": -1,
-    "error_cb": _on_error,
     "reconnected_cb": _on_reconnected,
 }
 
