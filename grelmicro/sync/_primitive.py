@@ -56,6 +56,11 @@ class Primitive:
         self.worker = worker_id(worker)
 
     @property
+    def explicit_backend(self) -> SyncBackend | None:
+        """The backend given at construction, or None to use the default."""
+        return self._backend
+
+    @property
     def backend(self) -> SyncBackend:
         """The backend given at construction, else the current default backend."""
         if self._backend is not None:

@@ -222,11 +222,11 @@ class LeaderElection(Primitive):
 
     async def _round(self) -> None:
         """Take or renew the lease once."""
-        backend = self.backend
-        fast = getattr(backend, "acquire_or_remaining", None)
         started = time.monotonic()
         self._lease_left = None
         try:
+            backend = self.backend
+            fast = getattr(backend, "acquire_or_remaining", None)
             if fast is None:
                 acquired = await call_backend(
                     lambda: backend.acquire(

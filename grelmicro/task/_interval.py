@@ -338,13 +338,13 @@ class IntervalScheduler:
 
     def _done(self, task: IntervalTask, attempt: asyncio.Task[Any]) -> None:
         self._running.discard(attempt)
-        if self._closing:
-            return
         if not attempt.cancelled() and (exc := attempt.exception()) is not None:
             if isinstance(exc, Exception):
                 logger.error("Task execution error: %s", task.name, exc_info=exc)
             else:  # KeyboardInterrupt, SystemExit...: not ours to swallow
                 logger.critical("Task execution error: %s", task.name, exc_info=exc)
+        if self._closing:
+            return
         due = self._loop.time() + task.interval
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, task))

@@ -10,6 +10,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from grelmicro.errors import OutOfContextError
+from grelmicro.sync._backends import loaded_backends
+from grelmicro.sync._primitive import Primitive
+from grelmicro.sync.errors import BackendNotLoadedError
 from grelmicro.sync.leaderelection import LeaderElection
 from grelmicro.task._interval import IntervalScheduler, IntervalTask
 from grelmicro.task.abc import Task
@@ -95,8 +98,10 @@ class TaskManager(TaskRouter):
                 self._tasks_group = await attach(self, task_group)
             if self._auto_start:
                 await self.start()
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            # Undo the entry (cancel what started) and raise the error itself,
+            # not wrapped in the task group's ExceptionGroup.
+            await self.__aexit__(None, None, None)
             raise
         return self
 
@@ -107,10 +112,11 @@ class TaskManager(TaskRouter):
             raise OutOfContextError(self, "start")
         if self._running:
             return
+        tasks = self.tasks
+        _check_backends(tasks)
         self.do_mark_as_started()
         task_group = self._tasks_group or task_group
         self._running = True
-        tasks = self.tasks
         for leader in _missing_leaders(tasks):
             logger.debug("Starting leader election used by a task: %s", leader.name)
             tasks.append(leader)
@@ -155,3 +161,25 @@ def _missing_leaders(tasks: list[Task]) -> list[LeaderElection]:
             present.add(id(leader))
             missing.append(leader)
     return missing
+
+
+def _check_backends(tasks: list[Task]) -> None:
+    """Fail before any task starts if a primitive would have no backend.
+
+    A primitive given no `backend=` uses the default backend; when none is
+    loaded, starting would only log errors forever (or crash a leader
+    election), so raise `BackendNotLoadedError` now, naming the primitive.
+    """
+    if loaded_backends():
+        return
+    for task in tasks:
+        primitives: list[Primitive] = []
+        if isinstance(task, Primitive):
+            primitives.append(task)
+        elif isinstance(task, IntervalTask):
+            for used in (task.leader, task.task_lock, task.sync):
+                if isinstance(used, Primitive):
+                    primitives.append(used)
+        for primitive in primitives:
+            if primitive.explicit_backend is None:
+                raise BackendNotLoadedError(f"{primitive!r} (task {task.name!r})")

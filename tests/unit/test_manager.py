@@ -114,8 +114,15 @@ async def test_sync_function_exception_is_logged(
 
     with caplog.at_level(logging.ERROR, logger="grelmicro.task"):
         async with manager:
-            await anyio.sleep(0.05)
-    assert "Task execution error: sync-boom" in caplog.text
+            with anyio.fail_after(5):
+                while "Task execution error: sync-boom" not in caplog.text:
+                    await anyio.sleep(0.01)
+    record = next(
+        r for r in caplog.records if r.getMessage() == "Task execution error: sync-boom"
+    )
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ValueError)
 
 
 async def test_two_managers_share_backend_run_at_most_once_per_min_lock() -> None:
@@ -314,21 +321,44 @@ async def test_backend_error_is_logged_and_loop_continues(
     assert errors[0].exc_info is not None
 
 
-async def test_no_backend_loaded_is_logged_as_sync_error(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_no_backend_loaded_fails_before_any_task_starts() -> None:
     manager = TaskManager()
+    runs = 0
+
+    @manager.interval(seconds=0.01, name="local")
+    async def local() -> None:
+        nonlocal runs
+        runs += 1
 
     @manager.interval(seconds=0.01, max_lock_seconds=1, name="nobackend")
     async def job() -> None: ...
 
+    with pytest.raises(BackendNotLoadedError, match="nobackend"):
+        async with manager:
+            pytest.fail("entered without a backend")
+    await anyio.sleep(0.02)
+    assert runs == 0
+
+
+async def test_backend_unloaded_while_running_is_logged_as_sync_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = MemorySyncBackend()
+    manager = TaskManager()
+
+    @manager.interval(
+        seconds=0.01, max_lock_seconds=1, min_lock_seconds=0.01, name="gone"
+    )
+    async def job() -> None: ...
+
     with caplog.at_level(logging.ERROR, logger="grelmicro.task"):
         async with manager:
-            await anyio.sleep(0.03)
+            await backend.__aexit__(None, None, None)  # no default any more
+            await anyio.sleep(0.05)
     record = next(
         r
         for r in caplog.records
-        if r.getMessage() == "Task synchronization error: nobackend"
+        if r.getMessage() == "Task synchronization error: gone"
     )
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], BackendNotLoadedError)
