@@ -387,15 +387,6 @@ async def test_no_backend_anywhere_never_runs_the_function(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug (reported): a manager whose tasks have no backend starts "
-        "anyway; the LeaderElection task then crashes the whole task group with "
-        "BackendNotLoadedError (an ExceptionGroup at exit) while the TaskLock "
-        "task logs it and retries forever"
-    ),
-)
 async def test_no_backend_anywhere_fails_when_entering_the_manager() -> None:
     """Entering a manager whose primitives have no backend (none given, none
     loaded) raises BackendNotLoadedError before any task starts."""
