@@ -228,13 +228,17 @@ class _ProcessRunner:
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                self.process = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                msg = f"cannot run {self.argv[0]}: {exc}"
+                raise ServerUnavailableError(msg) from exc
         _live_processes.add(self.process)
 
     def exited(self) -> bool:

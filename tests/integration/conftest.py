@@ -22,6 +22,7 @@ from grelmicro.sync import _backends
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.memory import MemorySyncBackend
 from tests.integration._worker_proc import make_backend
+from tests.servers import is_ci
 
 BACKEND_KINDS = ["memory", "redis", "nats"]
 SERVER_KINDS = ["redis", "nats"]
@@ -87,7 +88,10 @@ async def delete_nats_bucket(url: str, bucket: str) -> None:
 def server_url(request: pytest.FixtureRequest, kind: str) -> str:
     """The session server's URL for `kind` (starts the server on first use)."""
     if kind == "nats" and not nats_backend_available():
-        pytest.skip("grelmicro.sync.nats is not available yet")
+        reason = "grelmicro.sync.nats is not available"
+        if is_ci():
+            pytest.fail(f"{reason} (CI=true)")
+        pytest.skip(reason)
     url: str = request.getfixturevalue(f"{kind}_url")
     return url
 
@@ -102,7 +106,7 @@ async def backend_case(request: pytest.FixtureRequest) -> AsyncIterator[BackendC
             yield BackendCase(
                 kind=kind,
                 backend=memory,
-                ttl=0.5,
+                ttl=0.25,
                 slack=0.0,
                 make=lambda: memory,  # one process: the same store
             )
@@ -122,7 +126,7 @@ async def backend_case(request: pytest.FixtureRequest) -> AsyncIterator[BackendC
             yield BackendCase(
                 kind=kind,
                 backend=backend,
-                ttl=0.5 if kind == "redis" else 1.0,
+                ttl=0.3 if kind == "redis" else 1.0,
                 # NATS rounds leases up to whole seconds and expires on a
                 # periodic sweep (the backend takes over unswept keys itself).
                 slack=0.2 if kind == "redis" else 1.0,
