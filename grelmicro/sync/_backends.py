@@ -9,10 +9,31 @@ runs, and resolve their backend when they are first used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar, copy_context
+from typing import Any, TypeVar
+
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import BackendNotLoadedError
 
+T = TypeVar("T")
+
 _loaded: list[SyncBackend] = []
+
+#: The backend of the `TaskManager(broker=...)` whose tasks run in this
+#: context. It is only ever set in a fresh copy of a context (never reset), so
+#: it needs no token and cannot leak: tasks started from that copy inherit it.
+_scoped: ContextVar[SyncBackend | None] = ContextVar(
+    "grelmicro_scoped_backend", default=None
+)
+
+
+def run_with_backend(backend: SyncBackend, function: Callable[..., T], *args: Any) -> T:
+    """Call `function(*args)` in a copy of the current context whose default
+    backend is `backend`; tasks it starts keep that default."""
+    context = copy_context()
+    context.run(_scoped.set, backend)
+    return context.run(function, *args)
 
 
 def register_backend(backend: SyncBackend) -> None:
@@ -28,7 +49,14 @@ def unregister_backend(backend: SyncBackend) -> None:
 
 
 def get_default_backend(primitive: str = "this primitive") -> SyncBackend:
-    """Return the default backend, or raise `BackendNotLoadedError`."""
+    """Return the default backend, or raise `BackendNotLoadedError`.
+
+    The backend of the manager running the current task comes first, then the
+    most recently registered backend.
+    """
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
     if not _loaded:
         raise BackendNotLoadedError(primitive)
     return _loaded[-1]

@@ -10,7 +10,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from grelmicro.errors import OutOfContextError
-from grelmicro.sync._backends import loaded_backends
+from grelmicro.sync._backends import loaded_backends, run_with_backend
 from grelmicro.sync._primitive import Primitive
 from grelmicro.sync.errors import BackendNotLoadedError
 from grelmicro.sync.leaderelection import LeaderElection
@@ -120,13 +120,12 @@ class TaskManager(TaskRouter):
         for leader in _missing_leaders(tasks):
             logger.debug("Starting leader election used by a task: %s", leader.name)
             tasks.append(leader)
-        interval_tasks = [task for task in tasks if type(task) is IntervalTask]
-        if interval_tasks:
-            scheduler = IntervalScheduler(interval_tasks)
-            task_group.start_soon(scheduler, name=scheduler.name)
-        for task in tasks:
-            if type(task) is not IntervalTask:
-                task_group.start_soon(task, name=f"grelmicro-task:{task.name}")
+        if self._broker_backend is not None:
+            # Tasks started here see the broker's backend as their default,
+            # even if another manager (another broker) was entered later.
+            run_with_backend(self._broker_backend, _start_all, task_group, tasks)
+        else:
+            _start_all(task_group, tasks)
         logger.debug("Task manager started %d tasks", len(tasks))
 
     async def __aexit__(
@@ -183,3 +182,14 @@ def _check_backends(tasks: list[Task]) -> None:
         for primitive in primitives:
             if primitive.explicit_backend is None:
                 raise BackendNotLoadedError(f"{primitive!r} (task {task.name!r})")
+
+
+def _start_all(task_group: TaskGroup, tasks: list[Task]) -> None:
+    """Start the interval tasks on one shared scheduler, the others on their own."""
+    interval_tasks = [task for task in tasks if type(task) is IntervalTask]
+    if interval_tasks:
+        scheduler = IntervalScheduler(interval_tasks)
+        task_group.start_soon(scheduler, name=scheduler.name)
+    for task in tasks:
+        if type(task) is not IntervalTask:
+            task_group.start_soon(task, name=f"grelmicro-task:{task.name}")
