@@ -437,7 +437,7 @@ async def test_leader_election_takeover_on_cancel(backend_case: BackendCase) -> 
 
 async def test_leader_renews_beyond_its_lease(backend_case: BackendCase) -> None:
     key = name()
-    lease = backend_case.ttl * 1.5
+    lease = max(0.75, backend_case.ttl * 1.5)
     leader = election(key, backend_case.backend, "a", lease=lease)
     follower = election(key, backend_case.make(), "b", lease=lease)
     await follower.backend.__aenter__()
