@@ -23,8 +23,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, Self
 from urllib.parse import urlparse
 
-import anyio
-
 from grelmicro.errors import DependencyNotFoundError
 from grelmicro.sync._backends import register_backend, unregister_backend
 from grelmicro.sync.errors import (
@@ -54,9 +52,6 @@ RedisClient = Redis | RedisCluster
 #: from a URL: a dead or frozen server fails instead of hanging.
 SOCKET_CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 2.0
-
-#: Longest sleep of `wait_released` between two looks at the lock.
-WAIT_RELEASED_POLL = 1.0
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
 
@@ -391,31 +386,6 @@ class RedisSyncBackend:
     ) -> bool:
         """Release the lock if `token` holds it; False otherwise."""
         return await self._script("release", _RELEASE_SCRIPT, name, token) == 1
-
-    async def wait_released(
-        self, *, name: Annotated[str, Doc("The lock key.")]
-    ) -> None:
-        """Return once the lock is free: released, deleted, or its lease ran out.
-
-        Redis does not push releases to a plain connection, so this asks how
-        long the lease has left (`PTTL`) and sleeps until then, looking again
-        at least every `WAIT_RELEASED_POLL` seconds: a waiter retries the
-        moment a crashed holder's lease expires, and notices a release within
-        the poll period (callers bound the wait with their own retry).
-        """
-        while True:
-            try:
-                client = await self._client()
-                left = int(await client.pttl(self._prefix + name))
-            except SyncBackendError:
-                raise
-            except Exception as exc:
-                raise _wrap("wait_released", name, exc) from exc
-            if left == -2:  # no such key
-                return
-            # -1: a key without expiry (not one of ours): look again later.
-            delay = (left + 1) / 1000 if left >= 0 else WAIT_RELEASED_POLL
-            await anyio.sleep(min(delay, WAIT_RELEASED_POLL))
 
     async def locked(self, *, name: Annotated[str, Doc("The lock key.")]) -> bool:
         """Whether any token holds the lock."""

@@ -322,19 +322,6 @@ async def test_key_without_expiry_reports_infinite_remaining(
 
 
 @pytest.mark.anyio
-async def test_wait_released_wakes_at_expiry(redis_url: str) -> None:
-    name = key()
-    async with RedisSyncBackend(redis_url, auto_register=False) as backend:
-        assert await backend.acquire(name=name, token="a", duration=0.3)
-        started = time.monotonic()
-        with anyio.fail_after(5):
-            await backend.wait_released(name=name)
-        waited = time.monotonic() - started
-        assert 0.2 <= waited < 2.0, waited
-        assert not await backend.locked(name=name)
-
-
-@pytest.mark.anyio
 async def test_server_error_is_wrapped(redis_url: str, raw: Redis) -> None:
     name = key()
     await raw.rpush(name, "not a string")  # WRONGTYPE for GET
@@ -387,7 +374,6 @@ async def test_stopped_server_raises_backend_errors(
             lambda: backend.locked(name=name),
             lambda: backend.owned(name=name, token="a"),
             lambda: backend.acquire_or_remaining(name=name, token="a", duration=5),
-            lambda: backend.wait_released(name=name),
         ]
         for call in calls:
             with anyio.fail_after(10):
