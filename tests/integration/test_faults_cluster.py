@@ -72,6 +72,13 @@ def stream_leader(cluster: NatsCluster, bucket: str, *, stepdown: bool = False) 
     return anyio.run(_stream_leader, cluster.urls, bucket, stepdown)
 
 
+def live_url(cluster: NatsCluster, dead: int | None) -> str:
+    """Every member's URL but the killed one's (for the cleanup's client)."""
+    return ",".join(
+        server.url for index, server in enumerate(cluster.servers) if index != dead
+    )
+
+
 def rotated(urls: list[str], first: int) -> str:
     """Every URL, starting with `urls[first]` (the worker's own node)."""
     return ",".join(urls[first:] + urls[:first])
@@ -142,6 +149,7 @@ def test_meta_leader_node_loss(
     continues or moves within the lease; its workers reconnect elsewhere."""
     cluster, fleet = start_cluster_fleet(start_server, tmp_path)
     t = fleet.timings
+    victim: int | None = None
     with fleet:
         try:
             fleet.wait_leader()
@@ -172,7 +180,7 @@ def test_meta_leader_node_loss(
             alive = [w.alive() for w in fleet.workers]
             codes, diagnostics = finish(fleet, killed_at)
         finally:
-            cleanup("nats", cluster.url, fleet.namespace)
+            cleanup("nats", live_url(cluster, victim), fleet.namespace)
 
     assert all(alive), diagnostics
     assert all(code == 0 for code in codes.values()), (codes, diagnostics)
@@ -196,6 +204,7 @@ def test_stream_leader_node_loss(
     once NATS has elected a new stream leader; no double run; reconnects."""
     cluster, fleet = start_cluster_fleet(start_server, tmp_path)
     t = fleet.timings
+    victim: int | None = None
     with fleet:
         try:
             leader = fleet.wait_leader()
@@ -218,7 +227,7 @@ def test_stream_leader_node_loss(
             alive = [w.alive() for w in fleet.workers]
             codes, diagnostics = finish(fleet, killed_at)
         finally:
-            cleanup("nats", cluster.url, fleet.namespace)
+            cleanup("nats", live_url(cluster, victim), fleet.namespace)
 
     assert all(alive), diagnostics
     assert all(code == 0 for code in codes.values()), (codes, diagnostics)

@@ -94,7 +94,7 @@ async def test_task_longer_than_max_lock_seconds(
         managers.append(manager)
     with caplog.at_level(logging.WARNING, logger="grelmicro.task"):
         async with managers[0], managers[1]:
-            await anyio.sleep(4.4)
+            await anyio.sleep(3.0)
 
     warnings = [
         r
@@ -219,7 +219,7 @@ async def test_hanging_backend_calls_are_bounded(
     # Bounded by the caller's timeout (the election's 0.5 s, the TaskLock's 1 s),
     # not by the driver (2 s socket timeout) and never forever.
     assert longest <= TASK_LOCK_TIMEOUT + MARGIN, during
-    assert all(c.outcome != "True" for c in during if c.end < resumed_at), timeouts
+    assert not [c for c in during if c.granted and c.end < resumed_at], timeouts
     election = [c for c in during if c.name == "leader:hang"]
     assert election, during
     assert max(c.duration for c in election) <= ELECTION_TIMEOUT + MARGIN, election
@@ -375,7 +375,7 @@ async def test_late_task_lock_answer_does_not_run_a_stale_leader(
             return sum(
                 1
                 for call in backend.calls
-                if call.name == "leader:stale" and call.outcome == "True"
+                if call.name == "leader:stale" and call.granted
             )
 
         def waiting(name: str) -> bool:
@@ -471,7 +471,7 @@ async def test_slow_task_lock_acquire_never_runs_two_copies(
                     ):
                         await anyio.sleep(0.005)
                 async with manager_for("b", other):
-                    await anyio.sleep(SLOW_CALL + MIN_HOLD + RUN_TIME)
+                    await anyio.sleep(MIN_HOLD + RUN_TIME + 0.2)
 
     runs.sort(key=lambda run: run[1])
     assert {worker for worker, _, _ in runs} == {"a", "b"}, runs

@@ -40,8 +40,6 @@ class Timings:
     interval: float = 0.2
     #: How late the server may expire a key after its TTL (NATS sweeps coarsely).
     expiry_slack: float = 0.0
-    #: The shortest lease the server keeps (NATS: TTLs in whole seconds, >= 1 s).
-    ttl_floor: float = 0.0
 
     def args(self) -> list[str]:
         """Worker command-line arguments."""
@@ -57,12 +55,6 @@ class Timings:
             "--interval",
             str(self.interval),
         ]
-
-    def hold(self, seconds: float) -> float:
-        """How long the server keeps a lease of `seconds` (rounded up on NATS)."""
-        if self.ttl_floor:
-            return max(self.ttl_floor, float(math.ceil(seconds)))
-        return seconds
 
     @property
     def takeover_bound(self) -> float:

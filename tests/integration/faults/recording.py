@@ -23,6 +23,11 @@ class Call:
     outcome: str
 
     @property
+    def granted(self) -> bool:
+        """Whether the call took or extended a lock (acquire or its fast path)."""
+        return self.outcome in {"True", "0.0"}
+
+    @property
     def duration(self) -> float:
         """Seconds the call took."""
         return self.end - self.start
