@@ -60,6 +60,7 @@ async def _ignore(exc: Exception) -> None:
 async def _delete_bucket(url: str, bucket: str) -> None:
     import nats
 
+    client = None
     try:
         with anyio.fail_after(5):
             client = await nats.connect(
@@ -68,12 +69,13 @@ async def _delete_bucket(url: str, bucket: str) -> None:
                 connect_timeout=2,
                 error_cb=_ignore,
             )
-            try:
-                await client.jetstream().delete_key_value(bucket)
-            finally:
-                await client.close()
-    except Exception:
+            await client.jetstream().delete_key_value(bucket)
+    except Exception:  # best-effort cleanup
         pass
+    finally:
+        if client is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await client.close()
 
 
 def cleanup(kind: str, url: str, namespace: str) -> None:
