@@ -45,6 +45,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, Final, Self
 from urllib.parse import urlparse
@@ -719,7 +720,13 @@ class NatsSyncBackend:
         msg = await self._request(
             nc, self._prefix + key, payload, headers, operation, name
         )
-        reply = _json(msg.data, operation, name)
+        data: bytes = msg.data
+        if b'"error"' not in data:
+            # The usual answer, {"stream":"KV_x","seq":42}: no JSON decoding.
+            match = _ACK_SEQ.search(data)
+            if match is not None:
+                return int(match.group(1)), None
+        reply = _json(data, operation, name)
         error = reply.get("error")
         if error is None:
             return int(reply["seq"]), None
@@ -825,11 +832,17 @@ class NatsSyncBackend:
             )
         return parse_timestamp_ns(stamp)
 
-    def _remember(self, key: str, known: _Known) -> None:
+    def _remember(
+        self, key: str, seq: int, token: str | None, late: float | None = None
+    ) -> None:
         knowns = self._known
-        if key not in knowns and len(knowns) >= _MAX_KNOWN:
+        known = knowns.get(key)
+        if known is not None:
+            known.seq, known.token, known.late = seq, token, late
+            return
+        if len(knowns) >= _MAX_KNOWN:
             del knowns[next(iter(knowns))]
-        knowns[key] = known
+        knowns[key] = _Known(seq, token, late)
 
     def _key(self, name: str) -> str:
         try:
@@ -879,9 +892,12 @@ class NatsSyncBackend:
     ) -> float:
         key = self._key(name)
         try:
-            ttl = ttl_seconds(duration)
+            ttl, lease_ms = _lease(duration)
         except ValueError as exc:
             raise SyncSettingsValidationError(str(exc)) from exc
+        except TypeError as exc:  # unhashable
+            msg = f"duration must be a number of seconds, got {duration!r}"
+            raise SyncSettingsValidationError(msg) from exc
         nc = await self._client(operation, name)
         if self._max_age_ns and ttl * _NS > self._max_age_ns:
             raise NatsSyncBackendBucketError(
@@ -895,7 +911,6 @@ class NatsSyncBackend:
         ttl_header = str(ttl)
         # The server only keeps whole seconds: a shorter or fractional lease
         # is also written in milliseconds, for readers to honour exactly.
-        lease_ms = max(1, math.ceil(round(duration * 1000, 3)))
         exact = self._always_lease_ms or lease_ms != ttl * 1000
         lease_header = str(lease_ms) if exact else None
         known = self._known.get(key)
@@ -915,7 +930,7 @@ class NatsSyncBackend:
                 headers["Nats-Rollup"] = "sub"
             seq, last = await self._cas(nc, key, payload, headers, operation, name)
             if seq:
-                self._remember(key, _Known(seq, token))
+                self._remember(key, seq, token)
                 return 0.0
             if last == 0:
                 expected = 0  # the key is gone (expired, swept): create it
@@ -936,17 +951,17 @@ class NatsSyncBackend:
                 expected = 0
                 continue
             if entry.token is None or entry.token == token:
-                self._remember(key, _Known(entry.seq, entry.token))
+                self._remember(key, entry.seq, entry.token)
                 expected = entry.seq
                 continue
             # Another token holds it: has its lease run out on the server?
             if entry.expiry_ns is None:
-                self._remember(key, _Known(entry.seq, entry.token, math.inf))
+                self._remember(key, entry.seq, entry.token, math.inf)
                 return math.inf
             now = await self._server_now(nc, operation, name)
             left_ns = entry.expiry_ns - now
             late = time.monotonic() + left_ns / _NS
-            self._remember(key, _Known(entry.seq, entry.token, late))
+            self._remember(key, entry.seq, entry.token, late)
             if left_ns > 0:
                 return left_ns / _NS
             expected = entry.seq  # expired, not swept yet: take it over
@@ -974,7 +989,7 @@ class NatsSyncBackend:
                 if entry is None:
                     self._known.pop(key, None)
                     return False
-                self._remember(key, _Known(entry.seq, entry.token))
+                self._remember(key, entry.seq, entry.token)
                 if entry.token != token:
                     return False
                 expected = entry.seq
@@ -986,7 +1001,7 @@ class NatsSyncBackend:
             }
             seq, last = await self._cas(nc, key, b"", headers, "release", name)
             if seq:
-                self._remember(key, _Known(seq, None))
+                self._remember(key, seq, None)
                 return True
             if last == 0:  # expired and removed meanwhile
                 self._known.pop(key, None)
@@ -1085,6 +1100,16 @@ _CONNECT_OPTIONS: Final[dict[str, Any]] = {
     "reconnect_time_wait": 0.5,
     "reconnected_cb": _on_reconnected,
 }
+
+
+_ACK_SEQ: Final = re.compile(rb'"seq":\s*(\d+)')
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _lease(duration: float) -> tuple[int, int]:
+    """(TTL in whole seconds, lease in milliseconds) for `duration` seconds."""
+    ttl = ttl_seconds(duration)
+    return ttl, max(1, math.ceil(round(duration * 1000, 3)))
 
 
 def _json(data: bytes, operation: str, name: str) -> dict[str, Any]:

@@ -827,3 +827,11 @@ def test_reply_parsing_is_strict() -> None:
         _json(b"not json", "acquire", "x")
     with pytest.raises(NatsSyncBackendError, match="unexpected"):
         _json(json.dumps([1]).encode(), "acquire", "x")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad", [0, -1, math.inf, math.nan, "1", True, [1]])
+async def test_backend_rejects_invalid_durations(bad: Any) -> None:
+    backend = NatsSyncBackend("nats://127.0.0.1:1", auto_register=False)
+    with pytest.raises(ValueError, match="duration"):
+        await backend.acquire(name="x", token="a", duration=bad)
