@@ -288,12 +288,19 @@ def test_invalid_backend_arguments(kind: str, monkeypatch: pytest.MonkeyPatch) -
     assert failures == []
 
 
-def test_url_password_is_not_in_the_error() -> None:
+@pytest.mark.parametrize("kind", ["redis", "nats"])
+def test_url_password_is_not_in_the_error(kind: str) -> None:
     """A rejected URL is named without its password."""
-    from grelmicro.sync.redis import RedisSyncBackend
-
+    require_kind(kind)
+    backend_class: Any
+    if kind == "redis":
+        from grelmicro.sync.redis import RedisSyncBackend as backend_class
+    else:
+        from grelmicro.sync.nats import (  # type: ignore[import-not-found,unused-ignore]
+            NatsSyncBackend as backend_class,
+        )
     with pytest.raises(ValueError) as caught:
-        RedisSyncBackend("http://user:s3cret@localhost:6379", auto_register=False)
+        backend_class("http://user:s3cret@localhost:4222", auto_register=False)
     assert "s3cret" not in str(caught.value)
     assert "localhost" in str(caught.value)
 
