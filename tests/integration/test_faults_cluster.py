@@ -175,7 +175,7 @@ def test_meta_leader_node_loss(
                 10,
                 0.05,
             ), fleet.diagnostics()
-            time.sleep(max(0.0, killed_at + t.takeover_bound + 1.0 - time.time()))
+            time.sleep(max(0.0, killed_at + t.takeover_bound + 0.3 - time.time()))
             ended_at = time.time()
             alive = [w.alive() for w in fleet.workers]
             codes, diagnostics = finish(fleet, killed_at)

@@ -116,7 +116,7 @@ def test_paused_leader_never_acts_with_the_new_leader(
         while len([r for r in new.runs() if r > paused_at]) < 3:
             time.sleep(0.05)
         resumed_at = leader.resume()
-        time.sleep(max(1.5, 5 * t.retry))
+        time.sleep(max(1.0, 5 * t.retry))
         still_alive = leader.alive()
         codes = fleet.terminate_all()
         handovers = check_handovers(fleet)
@@ -241,11 +241,13 @@ def test_broker_restart(
             server.stop()
             time.sleep(OUTAGE - (time.time() - down_at))
             alive_during = [w.alive() for w in fleet.workers]
-            server.start()
+            # Workers may reach the server as soon as it listens, a few ms
+            # before start() has seen it ready: "back" is when it was started.
             up_at = time.time()
+            server.start()
             _, recovered_at = fleet.wait_run(up_at, timeout=15)
             _, locked_at = fleet.wait_run(up_at, timeout=15, task=LOCKED_TASK)
-            time.sleep(1.0)
+            time.sleep(0.5)
             alive_after = [w.alive() for w in fleet.workers]
             probes_ok = {
                 w.name: [e.time for e in w.events("probe", "ok") if e.time > up_at]
@@ -322,7 +324,7 @@ def test_redis_restart_losing_data_bounds_double_leadership(
             server.stop()
             server.start()
             up_at = time.time()
-            time.sleep(2.0)
+            time.sleep(1.5)
             ended_at = time.time()
             codes = fleet.terminate_all()
             diagnostics = fleet.diagnostics()
