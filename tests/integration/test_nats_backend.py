@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 from uuid import uuid4
 
@@ -33,6 +34,7 @@ from grelmicro.sync.nats import (
     NatsSyncBackend,
     NatsSyncBackendBucketError,
     NatsSyncBackendConnectionError,
+    NatsSyncBackendError,
 )
 from tests.integration.conftest import wait_for
 from tests.servers import NatsServer
@@ -680,7 +682,7 @@ async def test_concurrent_first_uses_open_one_connection(
         async with anyio.create_task_group() as group:
             for index in range(20):
                 group.start_soon(
-                    lambda i=index: backend.acquire(name=f"k{i}", token="a", duration=5)
+                    partial(backend.acquire, name=f"k{index}", token="a", duration=5)
                 )
         assert len(connects) == 1
 
@@ -702,8 +704,8 @@ async def test_client_provider_is_borrowed(nats_url: str, bucket: str) -> None:
             async with anyio.create_task_group() as group:
                 for index in range(5):
                     group.start_soon(
-                        lambda i=index: backend.acquire(
-                            name=f"k{i}", token="a", duration=5
+                        partial(
+                            backend.acquire, name=f"k{index}", token="a", duration=5
                         )
                     )
             assert await backend.owned(name="k0", token="a")
@@ -835,3 +837,41 @@ async def test_backend_rejects_invalid_durations(bad: Any) -> None:
     backend = NatsSyncBackend("nats://127.0.0.1:1", auto_register=False)
     with pytest.raises(ValueError, match="duration"):
         await backend.acquire(name="x", token="a", duration=bad)
+
+
+@pytest.mark.anyio
+async def test_replicas_need_a_cluster(nats_url: str, bucket: str) -> None:
+    backend = backend_for(nats_url, bucket, replicas=3)
+    with pytest.raises(NatsSyncBackendBucketError) as info:
+        await backend.acquire(name="x", token="a", duration=5)
+    assert bucket in str(info.value)
+    assert "replicas" in str(info.value)
+    await backend.aclose()
+
+
+@pytest.mark.anyio
+async def test_replicated_bucket_on_a_cluster(
+    start_server: Callable[[Any], Any],
+) -> None:
+    from tests.servers import NatsCluster
+
+    cluster = start_server(NatsCluster(3))
+    cluster.wait_meta_leader()
+    async with NatsSyncBackend(
+        cluster.url, bucket="replicated", replicas=3, auto_register=False
+    ) as backend:
+        with anyio.fail_after(20):
+            while True:  # JetStream may need a moment to place the stream
+                try:
+                    assert await backend.acquire(name="x", token="a", duration=30)
+                    break
+                except NatsSyncBackendError:
+                    await anyio.sleep(0.2)
+        assert not await backend.acquire(name="x", token="b", duration=30)
+        client = await nats.connect(cluster.url.split(","))
+        try:
+            info = await client.jetstream().stream_info("KV_replicated")
+        finally:
+            await client.close()
+        assert info.config.num_replicas == 3
+        assert await backend.release(name="x", token="a")
