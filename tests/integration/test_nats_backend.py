@@ -875,3 +875,32 @@ async def test_replicated_bucket_on_a_cluster(
             await client.close()
         assert info.config.num_replicas == 3
         assert await backend.release(name="x", token="a")
+
+
+@pytest.mark.anyio
+async def test_a_loser_asks_once_per_attempt(nats_url: str, bucket: str) -> None:
+    """Once a worker knows who holds a key and until when, a failed attempt
+    costs one publish, and taking over after the lease is one publish too."""
+    lock = name()
+    client = await nats.connect(nats_url)
+    try:
+        async with (
+            backend_for(nats_url, bucket) as a,
+            NatsSyncBackend(client=client, bucket=bucket, auto_register=False) as b,
+        ):
+            assert await a.acquire(name=lock, token="a", duration=0.5)
+            before = sent(client)
+            first = await b.acquire_or_remaining(name=lock, token="b", duration=5)
+            assert 0 < first <= 0.5
+            assert sent(client) - before <= 4  # connect, publish, read, time
+            before = sent(client)
+            again = await b.acquire_or_remaining(name=lock, token="b", duration=5)
+            assert 0 < again <= first
+            assert sent(client) - before == 1
+            await anyio.sleep(again + 0.05)
+            before = sent(client)
+            assert await b.acquire_or_remaining(name=lock, token="b", duration=5) == 0
+            assert sent(client) - before == 1
+            assert await b.owned(name=lock, token="b")
+    finally:
+        await client.close()
