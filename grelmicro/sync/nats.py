@@ -16,11 +16,15 @@ clocks are ever compared.
 **TTL floor.** The server keeps per-message TTLs in whole seconds (it
 truncates ``"1500ms"`` to one second) and rejects TTLs under one second, so a
 lease of `duration` seconds is written with a TTL of ``ceil(duration)``
-seconds, at least one second: a 0.2 s lease lasts one second, a 1.5 s lease
-two seconds. A lease is never shorter than asked. The server removes expired
-keys on a periodic sweep (up to a few hundred milliseconds late); the backend
-does not wait for it: it compares the key's server timestamp with the
-server's own current time and takes an expired-but-not-yet-removed key over.
+seconds, at least one second: the server keeps a 0.2 s lease's key for one
+second, a 1.5 s lease's for two. When the lease is not a whole number of
+seconds, it is also written exactly (header ``Grelmicro-Lease-Ms``) and
+grelmicro honours it: every backend treats the key as free once the lease
+ran out by the server's clock (the entry's server timestamp against the
+server's current time, never this machine's wall clock) and takes it over
+with a compare-and-set on its sequence, without waiting for the server's
+removal sweep (which runs up to a second late). A lease is never shorter than
+asked.
 
 **Keys.** NATS KV keys allow ``[-/_=.a-zA-Z0-9]``. A lock name is encoded
 reversibly: ASCII letters, digits, ``-``, ``_`` and ``/`` are kept, every
