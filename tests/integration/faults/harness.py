@@ -12,12 +12,13 @@ import contextlib
 import itertools
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.integration.faults.worker import LEADER_TASK
@@ -93,7 +94,6 @@ class Worker:
     name: str
     directory: Path
     process: subprocess.Popen[bytes]
-    stopped_at: list[float] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -266,12 +266,16 @@ class Fleet:
         self.workers.extend(started)
         deadline = time.monotonic() + START_TIMEOUT
         for worker in started:
-            assert worker.process.stdout is not None
+            stdout = worker.process.stdout
+            assert stdout is not None
             line = b""
-            while time.monotonic() < deadline and not line:
-                line = worker.process.stdout.readline()
-                if not worker.alive() and not line:
+            while not line and worker.alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
+                ready, _, _ = select.select([stdout], [], [], min(left, 0.5))
+                if ready:
+                    line = stdout.readline()
             if line.strip() != b"ready":
                 msg = (
                     f"worker {worker.name} did not start (exit code "
