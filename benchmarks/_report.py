@@ -23,6 +23,13 @@ def _x(value: Any) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _startup(row: dict[str, Any]) -> str:
+    """Start-up; a scheduler never idle within the cap shows as a lower bound."""
+    if row.get("startup_idle", True):
+        return _n(row.get("startup_s"), 3, " s")
+    return f">= {_n(row.get('startup_s'), 1, ' s')} (never idle)"
+
+
 def _bench(output: dict[str, Any], name: str) -> dict[str, Any] | None:
     for bench in output["benchmarks"]:
         if bench["name"] == name:
@@ -85,10 +92,16 @@ def _summary(output: dict[str, Any]) -> list[str]:
 
         def peer_list(metric: str, digits: int, unit: str) -> str:
             ranked = sorted(peers, key=lambda r: r[metric])
-            return (
-                ", ".join(f"{r['label']} {_n(r[metric], digits)}{unit}" for r in ranked)
-                or "—"
-            )
+            parts = []
+            for r in ranked:
+                value = f"{_n(r[metric], digits)}{unit}"
+                if metric == "startup_s" and not r.get("startup_idle", True):
+                    value = f">= {value}"
+                part = f"{r['label']} {value}"
+                if r.get("runs_per_job_s", 1) < 0.9:
+                    part += f" (ran {r['runs_per_job_s']:.0%} of the ticks)"
+                parts.append(part)
+            return ", ".join(parts) or "—"
 
         lines.append(
             f"| {jobs}, CPU s per s | {_n(sleep.get('cpu_per_s'), 3)} (sleep loop), "
@@ -207,7 +220,7 @@ def _scheduler_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
             label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
             lines.append(
                 f"| {label} | {_n(row['cpu_per_s'], 3)} | {_x(row.get('cpu_ratio'))} | "
-                f"{_n(row['peak_rss_mib'], 1)} MiB | {_n(row['startup_s'], 3)} s | "
+                f"{_n(row['peak_rss_mib'], 1)} MiB | {_startup(row)} | "
                 f"{_n(row['import_s'], 3)} s | {_n(row['late_p50_ms'], 1)} ms | "
                 f"{_n(row['late_p99_ms'], 1)} ms | {_n(row['late_max_ms'], 1)} ms | "
                 f"{_n(row['runs_per_job_s'], 3)} |"

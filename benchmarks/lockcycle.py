@@ -239,10 +239,14 @@ async def nats_floor(args: argparse.Namespace, state: dict[str, Any]) -> Factory
     request = client.request
     ttl = f"{LEASE_SECONDS}s"
 
+    # Each key's last sequence: 0, then our own purge marker (kept across
+    # rounds: every round makes its cycles anew on the same keys).
+    last_by_key: dict[str, list[int]] = {}
+
     async def make(key: str) -> Cycle:
         subject = f"$KV.{bucket}.{key}.{PID}"
         token = uuid.uuid4().hex.encode()
-        last = [0]  # the key's last sequence: 0, then our own purge marker
+        last = last_by_key.setdefault(key, [0])
 
         async def cycle() -> None:
             reply = await request(
@@ -294,9 +298,8 @@ async def project_nats_backend(
 
 
 async def project_nats_lock(args: argparse.Namespace, state: dict[str, Any]) -> Factory:
-    from grelmicro.sync.nats import NatsSyncBackend
-
     from grelmicro.sync import Lock
+    from grelmicro.sync.nats import NatsSyncBackend
 
     backend = NatsSyncBackend(args.nats_url, bucket="bench_grelmicro")
     await backend.__aenter__()

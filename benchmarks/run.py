@@ -400,23 +400,34 @@ def run_scheduler(s: Settings, envs: dict[str, Env]) -> list[dict[str, Any]]:
                     "--seconds",
                     str(s.scheduler_seconds),
                 ]
-                try:
-                    done = subprocess.run(
-                        argv,
-                        cwd=BENCH_DIR,
-                        env=clean_env(),
-                        capture_output=True,
-                        text=True,
-                        timeout=s.scheduler_seconds + 180,
-                        check=False,
+                # stderr to a file: a peer may log a line per missed run.
+                with tempfile.TemporaryFile() as stderr:
+                    try:
+                        done = subprocess.run(
+                            argv,
+                            cwd=BENCH_DIR,
+                            env=clean_env(),
+                            stdout=subprocess.PIPE,
+                            stderr=stderr,
+                            text=True,
+                            timeout=s.scheduler_seconds + 180,
+                            check=False,
+                        )
+                        result = json.loads(done.stdout.strip().splitlines()[-1])
+                        exc = None
+                    except (subprocess.TimeoutExpired, ValueError, IndexError) as error:
+                        exc = error
+                    stderr.seek(0, os.SEEK_END)
+                    stderr.seek(max(0, stderr.tell() - 4000))
+                    stderr_lines = (
+                        stderr.read().decode(errors="replace").strip().splitlines()
                     )
-                    result = json.loads(done.stdout.strip().splitlines()[-1])
-                except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+                if exc is not None:
                     tail = ""
                     if isinstance(exc, subprocess.TimeoutExpired):
                         tail = "timed out"
                     else:
-                        tail = " / ".join(done.stderr.strip().splitlines()[-3:])
+                        tail = " / ".join(stderr_lines[-3:])
                     failures.setdefault((target.id, jobs), []).append(
                         f"round {round_index + 1}: {tail or exc}"
                     )
@@ -464,6 +475,7 @@ def run_scheduler(s: Settings, envs: dict[str, Env]) -> list[dict[str, Any]]:
                 ]
                 row["cpu_ratio"] = statistics.median(ratios) if ratios else None
                 row["version"] = runs[0].get("version")
+                row["startup_idle"] = all(r.get("startup_idle", True) for r in runs)
             rows.append(row)
         benchmarks.append(
             {

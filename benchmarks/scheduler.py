@@ -9,7 +9,7 @@ target's own virtual environment). It prints one JSON object:
   start-up work is done, including the first runs that are due at once;
 - ``cpu_per_s``: CPU seconds (user + system) per wall second over the
   measurement window that follows start-up;
-- ``peak_rss_mib``: the process's peak resident set size;
+- ``peak_rss_mib``: the process's peak resident set size (``VmHWM``);
 - ``late_p50_ms`` / ``late_p99_ms`` / ``late_max_ms``: how late each run
   started compared with what the scheduler promises (for interval-after-end
   schedulers: the previous run + 1 s; for APScheduler's fixed-rate interval
@@ -160,6 +160,19 @@ def _version(target: str) -> str | None:
         return None
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM).
+
+    Not ``ru_maxrss``: Linux keeps that across ``execve``, so a child started
+    by a big parent reports the parent's size.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -210,7 +223,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "startup_s": startup_s,
         "startup_idle": idle,
         "cpu_per_s": cpu / wall,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "late_p50_ms": pick(0.50),
         "late_p99_ms": pick(0.99),
         "late_max_ms": 1000 * late[-1] if late else float("nan"),
