@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 #: Seconds within which two expiry times count as the same.
 _SAME_EXPIRY = 0.001
 
+#: An acquire answered later than this is confirmed again before running.
+_SLOW_ANSWER = 0.01
+
 
 class TaskLock(Primitive):
     """A lock held for at least `min_lock_seconds` and at most `max_lock_seconds`.
@@ -121,12 +124,29 @@ class TaskLock(Primitive):
             if 0 < remaining <= self.min_lock_seconds:
                 # The holder is in its minimum hold: nobody can take it before.
                 self._busy_until = started + remaining
-        if acquired:
-            self._acquired_at = started
-            # The server's expiry is at least this late: it received the
-            # request after `started`.
-            self._hold_until = started + duration
-        return acquired
+        if not acquired:
+            return False
+        answered = time.monotonic()
+        if answered - started > _SLOW_ANSWER:
+            # A slow answer: the lease may have run out before we saw it (and
+            # another worker taken the lock), and the minimum hold must count
+            # from now, when the run starts. Confirm and renew it first.
+            started = time.monotonic()
+            confirmed = await call_backend(
+                lambda: backend.acquire(
+                    name=self.key, token=self.worker, duration=duration
+                ),
+                lambda: LockAcquireError(name=self.name, token=self.worker),
+                self._timeout,
+            )
+            answered = time.monotonic()
+            if not confirmed or answered - started > _SLOW_ANSWER:
+                return False
+        self._acquired_at = answered
+        # The server's expiry is at least this late: it received the request
+        # after `started`.
+        self._hold_until = started + duration
+        return True
 
     async def extend(self) -> bool:
         """Extend a held lock to `max_lock_seconds` after its acquisition.

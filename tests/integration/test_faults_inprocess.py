@@ -417,15 +417,6 @@ RUN_TIME = 0.5
 
 
 @pytest.mark.parametrize("where", ["reply", "request"])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug (reported): TaskLock measures the hold from before the acquire "
-        "call: a late answer (reply) finds the min_lock_seconds lease already "
-        "expired and runs anyway, alongside another worker; after a slow request "
-        "the minimum hold counts the call's own duration and is released at once"
-    ),
-)
 async def test_slow_task_lock_acquire_never_runs_two_copies(
     target: Target, where: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -474,12 +465,10 @@ async def test_slow_task_lock_acquire_never_runs_two_copies(
                     await anyio.sleep(MIN_HOLD + RUN_TIME + 0.2)
 
     runs.sort(key=lambda run: run[1])
-    assert {worker for worker, _, _ in runs} == {"a", "b"}, runs
-    pairs = [
-        (first, second)
-        for first, second in itertools.pairwise(runs)
-        if first[0] != second[0]
-    ]
+    # Who wins is a race (a late answer makes A skip its stale grant); what
+    # matters is that no two runs overlap or come closer than the minimum hold.
+    assert runs, "the task never ran"
+    pairs = list(itertools.pairwise(runs))
     overlaps = [(f, s) for f, s in pairs if s[1] < f[2]]
     too_soon = [(f, s) for f, s in pairs if s[1] - f[1] < MIN_HOLD - 0.05]
     lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
