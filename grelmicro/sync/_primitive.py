@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, TypeVar
 from uuid import UUID, uuid4
-
-import anyio
 
 from grelmicro._validate import SettingsValidationError, non_empty_str
 from grelmicro.sync._backends import get_default_backend
@@ -96,7 +95,9 @@ async def call_backend(
     `BackendNotLoadedError` is raised as itself; cancellation passes through.
     """
     try:
-        with anyio.fail_after(timeout):
+        # asyncio's own timeout: the same bound as anyio.fail_after at a
+        # fraction of the cost on this hot path (grelmicro runs on asyncio).
+        async with asyncio.timeout(timeout):
             return await call()
     except BackendNotLoadedError:
         raise

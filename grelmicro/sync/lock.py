@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Annotated, Self
@@ -73,7 +74,7 @@ class Lock(Primitive):
     # Tokens -----------------------------------------------------------------
 
     def _task_token(self) -> str:
-        return f"{self.worker}/task-{anyio.get_current_task().id}"
+        return f"{self.worker}/task-{id(asyncio.current_task())}"
 
     def _thread_token(self) -> str:
         return f"{self.worker}/thread-{threading.get_ident()}"
