@@ -40,7 +40,14 @@ def install_counters(kind: str) -> None:
         _count(Redis, "execute_command", "round_trips")
         _count(Pipeline, "execute", "round_trips")
         _count(PubSub, "execute_command", "messages_out")
-        _count(AbstractConnection, "on_connect", "connections")
+        # redis-py 8 runs the handshake in on_connect_check_health (older
+        # versions in on_connect): count whichever the driver has.
+        handshake = (
+            "on_connect_check_health"
+            if hasattr(AbstractConnection, "on_connect_check_health")
+            else "on_connect"
+        )
+        _count(AbstractConnection, handshake, "connections")
         return
     from nats.aio.client import Client
 
