@@ -265,6 +265,17 @@ def _load_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
     lines.append("")
     for row in bench["rows"]:
         runs = row.get("rounds") or []
+        if runs and runs[-1].get("client_rt_by_kind_per_exec"):
+            kinds = ", ".join(
+                f"{kind} {n:.2f}"
+                for kind, n in sorted(
+                    runs[-1]["client_rt_by_kind_per_exec"].items(),
+                    key=lambda kv: -kv[1],
+                )
+            )
+            lines.append(
+                f"- {row['label']}, client round trips per execution: {kinds}."
+            )
         if not runs or "server_cmds_by_command_per_exec" not in runs[-1]:
             continue
         last = runs[-1]
@@ -272,7 +283,7 @@ def _load_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
             f"`{cmd}` {n:.2f}"
             for cmd, n in last["server_cmds_by_command_per_exec"].items()
         )
-        lines.append(f"- {row['label']}, Redis commands per execution: {per_cmd}.")
+        lines.append(f"  Redis commands per execution (server side): {per_cmd}.")
         monitor = last.get("monitor") or {}
         if monitor.get("by_command"):
             seen = ", ".join(

@@ -13,11 +13,42 @@ from typing import Any
 COUNTS: dict[str, int] = {"round_trips": 0, "messages_out": 0, "connections": 0}
 
 
-def _count(cls: Any, method: str, counter: str) -> None:
+#: Round trips by kind: Redis command name, or NATS subject kind.
+KINDS: dict[str, int] = {}
+
+_NATS_KINDS = (
+    ("$JS.API.DIRECT.GET.", "direct get"),
+    ("$JS.API.STREAM.INFO.", "stream info"),
+    ("$JS.API.STREAM.MSG.GET.", "msg get"),
+    ("$JS.API.", "other JetStream API"),
+    ("$KV.", "KV publish"),
+)
+
+
+def _kind(args: tuple[Any, ...], nats: bool) -> str:
+    if not args:
+        return "?"
+    first = args[0]
+    if isinstance(first, bytes):
+        first = first.decode(errors="replace")
+    first = str(first)
+    if not nats:
+        return first.upper()
+    for prefix, kind in _NATS_KINDS:
+        if first.startswith(prefix):
+            return kind
+    return "other"
+
+
+def _count(cls: Any, method: str, counter: str, kinds: str | None = None) -> None:
     original = getattr(cls, method)
+    nats = kinds == "nats"
 
     async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
         COUNTS[counter] += 1
+        if kinds is not None:
+            kind = _kind(args, nats)
+            KINDS[kind] = KINDS.get(kind, 0) + 1
         return await original(self, *args, **kwargs)
 
     setattr(cls, method, counted)
@@ -37,7 +68,7 @@ def install_counters(kind: str) -> None:
         from redis.asyncio.client import Pipeline, PubSub, Redis
         from redis.asyncio.connection import AbstractConnection
 
-        _count(Redis, "execute_command", "round_trips")
+        _count(Redis, "execute_command", "round_trips", kinds="redis")
         _count(Pipeline, "execute", "round_trips")
         _count(PubSub, "execute_command", "messages_out")
         # redis-py 8 runs the handshake in on_connect_check_health (older
@@ -51,7 +82,7 @@ def install_counters(kind: str) -> None:
         return
     from nats.aio.client import Client
 
-    _count(Client, "request", "round_trips")
+    _count(Client, "request", "round_trips", kinds="nats")
     _count(Client, "publish", "messages_out")
     _count(Client, "connect", "connections")
 

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from _targets import COUNTS, install_counters, make_backend
+from _targets import COUNTS, KINDS, install_counters, make_backend
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,10 +47,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     start_at = float(line)
     await asyncio.sleep(max(0.0, start_at - time.time()))
     before = dict(COUNTS)
+    kinds_before = dict(KINDS)
     async with manager:
         await asyncio.sleep(max(0.0, start_at + args.seconds - time.time()))
         result: dict[str, Any] = {"executions": executions[0]}
         result.update({k: v - before[k] for k, v in COUNTS.items()})
+        result["round_trips_by_kind"] = {
+            k: v - kinds_before.get(k, 0)
+            for k, v in KINDS.items()
+            if v - kinds_before.get(k, 0)
+        }
     await backend.__aexit__(None, None, None)
     return result
 

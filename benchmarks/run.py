@@ -639,6 +639,15 @@ def _load_once(
         "client_round_trips": round_trips,
         "client_rt_per_exec": round_trips / executions if executions else None,
         "client_connections": sum(r["connections"] for r in reports),
+        "client_rt_by_kind_per_exec": {
+            kind: sum(r.get("round_trips_by_kind", {}).get(kind, 0) for r in reports)
+            / executions
+            for kind in sorted(
+                {k for r in reports for k in r.get("round_trips_by_kind", {})}
+            )
+        }
+        if executions
+        else {},
         "workers": reports,
     }
     if is_redis:
