@@ -277,9 +277,28 @@ class _ProcessRunner:
 
     def pause(self) -> None:
         self._signal(signal.SIGSTOP)
+        # SIGSTOP is asynchronous: on a busy machine the server could still
+        # answer a request sent right after. Wait until it is really stopped.
+        self._wait_state(stopped=True)
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
+        self._wait_state(stopped=False)
+
+    def _wait_state(self, *, stopped: bool) -> None:
+        process = self.process
+        if process is None:
+            return
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{process.pid}/stat") as stat:
+                    state = stat.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return  # no procfs (or the process is gone): nothing to wait for
+            if (state in ("T", "t")) == stopped:
+                return
+            time.sleep(0.001)
 
 
 class _ContainerRunner:
