@@ -75,7 +75,8 @@ def _summary(output: dict[str, Any]) -> list[str]:
                 f"| {label} lock cycle, {mode_label} | {_n(floor.get('ops'))}/s | "
                 + (f"{best['label']} {_x(best['ratio'])}" if best else "—")
                 + f" | backend {_x(backend.get('ratio'))}, Lock {_x(lock.get('ratio'))} | "
-                f">= {goal:.1f}x floor | {_met(backend.get('ratio'), goal, below=False)} |"
+                f">= {goal:.1f}x floor | backend {_met(backend.get('ratio'), goal, below=False)}, "
+                f"Lock {_met(lock.get('ratio'), goal, below=False)} |"
             )
     scheds = [b for b in output["benchmarks"] if b["name"].startswith("scheduler-")]
     if scheds:

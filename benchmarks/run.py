@@ -98,7 +98,7 @@ LOCK_TARGETS = {
         Target(
             "redis-floor",
             "project",
-            "raw floor: 2 EVALSHA CAS scripts (redis-py)",
+            "raw floor: 2 CAS scripts",
             "floor",
         ),
         Target(
@@ -125,7 +125,7 @@ LOCK_TARGETS = {
         Target(
             "nats-floor",
             "project",
-            "raw floor: create publish + rollup purge (nats-py)",
+            "raw floor: create + purge",
             "floor",
         ),
         Target(
@@ -952,6 +952,28 @@ def servers(
         nats.stop()
 
 
+def render(results: Path, png: Path | None) -> int:
+    """Redraw the markdown and the plot of an earlier run (no measuring)."""
+    output = json.loads(results.read_text())
+    markdown = markdown_report(output)
+    results.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    published = results.resolve() == (BENCH_DIR / "results" / "latest.json").resolve()
+    if png is None:
+        png = (
+            REPO / "docs" / "img" / "benchmarks.png"
+            if published
+            else results.with_suffix(".png")
+        )
+    envs = ensure_envs(["tools"], project_env().python or Path(sys.executable))
+    problem = plot(results, png, envs)
+    if problem:
+        log(problem)
+    if published and output.get("mode") == "full":
+        update_docs(markdown, REPO / "docs" / "benchmarks.md")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -985,7 +1007,15 @@ def main() -> int:
         type=Path,
         help="plot output (default: docs/img/benchmarks.png with the published results, else next to --out)",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only redraw the tables and the plot from a results JSON",
+    )
     args = parser.parse_args()
+    if args.render:
+        return render(args.render, args.png)
 
     s = SMOKE if args.smoke else FULL
     if args.rounds:
