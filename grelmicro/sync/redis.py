@@ -32,7 +32,7 @@ from grelmicro.sync.errors import (
 )
 
 try:
-    from redis.asyncio import Redis, RedisCluster
+    from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -52,6 +52,9 @@ RedisClient = Redis | RedisCluster
 #: from a URL: a dead or frozen server fails instead of hanging.
 SOCKET_CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 2.0
+
+#: Most connections a client built from a URL opens.
+MAX_CONNECTIONS = 8
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
 
@@ -316,8 +319,12 @@ class RedisSyncBackend:
         if self._owned is None or self._owned_loop is not loop:
             # Connections belong to one event loop: a new loop gets a new client.
             assert self._url is not None
-            self._owned = Redis.from_url(
+            # A bounded pool: many tasks firing at once wait for one of a few
+            # connections (each call is ~0.1 ms) instead of opening one each.
+            pool = BlockingConnectionPool.from_url(
                 self._url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
                 socket_timeout=SOCKET_TIMEOUT,
                 retry=Retry(
@@ -326,6 +333,7 @@ class RedisSyncBackend:
                     supported_errors=(RedisConnectionError,),
                 ),
             )
+            self._owned = Redis.from_pool(pool)
             self._owned_loop = loop
         return self._owned
 

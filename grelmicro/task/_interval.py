@@ -328,8 +328,10 @@ class IntervalScheduler:
         heap = self._heap
         running = self._running
         callbacks = self._done_callbacks
-        deadline = loop.time() + 0.001
-        while heap and heap[0][0] <= deadline:
+        # Never early: a task due at t must not start before t (a TaskLock
+        # hold ends exactly then, and starting before would skip a period).
+        now = loop.time()
+        while heap and heap[0][0] <= now:
             task = heapq.heappop(heap)[2]
             attempt: asyncio.Task[Any] = loop.create_task(task.attempt_once())  # type: ignore[arg-type]
             running.add(attempt)
