@@ -146,6 +146,20 @@ TARGETS: dict[str, tuple[str, Callable[[Recorder, int], Awaitable[None]]]] = {
 }
 
 
+def _where(path: str | None) -> str | None:
+    """Where a module was imported from, without this machine's directories."""
+    if path is None:
+        return None
+    parts = path.replace("\\", "/").split("/")
+    if "site-packages" in parts:
+        return "site-packages/" + "/".join(parts[parts.index("site-packages") + 1 :])
+    if "grelmicro" in parts:
+        return "repository/" + "/".join(
+            parts[len(parts) - parts[::-1].index("grelmicro") - 1 :]
+        )
+    return "stdlib/" + parts[-2] + "/" + parts[-1]
+
+
 def _version(target: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -218,7 +232,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "target": args.target,
         "jobs": args.jobs,
         "version": _version(args.target),
-        "library": getattr(imported, "__file__", None),
+        "library": _where(getattr(imported, "__file__", None)),
         "import_s": import_s,
         "startup_s": startup_s,
         "startup_idle": idle,
