@@ -952,6 +952,18 @@ def servers(
         nats.stop()
 
 
+def scrub(value: Any) -> Any:
+    """The results without this machine's directories (they get committed)."""
+    if isinstance(value, str):
+        value = re.sub(r"(?:/[^\s/\"']+)+/site-packages/", ".../site-packages/", value)
+        return value.replace(str(REPO), "<repo>").replace(str(Path.home()), "~")
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
 def render(results: Path, png: Path | None) -> int:
     """Redraw the markdown and the plot of an earlier run (no measuring)."""
     output = json.loads(results.read_text())
@@ -1111,6 +1123,7 @@ def main() -> int:
                 assert nats
                 output["benchmarks"] += run_takeover(s, envs, redis, nats)
     output["elapsed_s"] = time.monotonic() - started
+    output = scrub(output)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(output, indent=1) + "\n")
