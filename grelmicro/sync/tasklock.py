@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 #: Seconds within which two expiry times count as the same.
 _SAME_EXPIRY = 0.001
 
-#: An acquire answered later than this is confirmed again before running.
-_SLOW_ANSWER = 0.01
-
 
 class TaskLock(Primitive):
     """A lock held for at least `min_lock_seconds` and at most `max_lock_seconds`.
@@ -127,10 +124,9 @@ class TaskLock(Primitive):
         if not acquired:
             return False
         answered = time.monotonic()
-        if answered - started > _SLOW_ANSWER:
-            # A slow answer: the lease may have run out before we saw it (and
-            # another worker taken the lock), and the minimum hold must count
-            # from now, when the run starts. Confirm and renew it first.
+        if answered - started >= duration / 2:
+            # A very late answer: the lease may have run out (and another
+            # worker taken the lock) before we saw it. Confirm it first.
             started = time.monotonic()
             confirmed = await call_backend(
                 lambda: backend.acquire(
@@ -140,13 +136,19 @@ class TaskLock(Primitive):
                 self._timeout,
             )
             answered = time.monotonic()
-            if not confirmed or answered - started > _SLOW_ANSWER:
+            if not confirmed or answered - started >= duration / 2:
                 return False
+        # The run starts now: the minimum hold counts from here (`release`
+        # makes up for a slow answer). The server's expiry is at least
+        # `started + duration`: it received the request after `started`.
         self._acquired_at = answered
-        # The server's expiry is at least this late: it received the request
-        # after `started`.
         self._hold_until = started + duration
         return True
+
+    @property
+    def hold_until(self) -> float:
+        """Monotonic time before which the server surely keeps this worker's hold."""
+        return self._hold_until
 
     async def extend(self) -> bool:
         """Extend a held lock to `max_lock_seconds` after its acquisition.
@@ -187,8 +189,8 @@ class TaskLock(Primitive):
         remaining = min_until - time.monotonic()
         if remaining > 0:
             self._busy_until = min_until
-            if self._hold_until <= min_until + _SAME_EXPIRY:
-                return
+            if abs(self._hold_until - min_until) <= _SAME_EXPIRY:
+                return  # the server expires the hold at the right time
             await call_backend(
                 lambda: backend.acquire(
                     name=self.key, token=self.worker, duration=remaining

@@ -187,8 +187,12 @@ class IntervalTask:
             self._sync_recovered()
 
     async def _extend_when_long(self, task_lock: TaskLock) -> None:
-        """Extend the task lock to `max_lock_seconds` if the run lasts."""
-        await anyio.sleep(task_lock.min_lock_seconds / 2)
+        """Extend the task lock to `max_lock_seconds` if the run lasts.
+
+        It extends halfway through the hold the server surely keeps.
+        """
+        halfway = task_lock.hold_until - task_lock.min_lock_seconds / 2
+        await anyio.sleep(max(halfway - time.monotonic(), 0.0))
         try:
             extended = await task_lock.extend()
         except SyncBackendError as exc:
