@@ -278,13 +278,12 @@ class IntervalScheduler:
     """
 
     def __init__(self, tasks: list[IntervalTask]) -> None:
-        self._tasks = tasks
+        self._tasks = list(dict.fromkeys(tasks))  # each task once
         self._heap: list[tuple[float, int, IntervalTask]] = []
         self._seq = 0
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: dict[IntervalTask, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
-        self._done_callbacks: dict[int, Callable[[asyncio.Task[Any]], None]] = {}
 
     @property
     def name(self) -> str:
@@ -301,9 +300,6 @@ class IntervalScheduler:
         now = loop.time()
         self._heap = [(now, index, task) for index, task in enumerate(self._tasks)]
         self._seq = len(self._tasks)
-        self._done_callbacks = {
-            id(task): partial(self._done, task) for task in self._tasks
-        }
         self._schedule_timer()
         task_status.started()
         try:
@@ -313,7 +309,7 @@ class IntervalScheduler:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            running = list(self._running)
+            running = list(self._running.values())
             for attempt in running:
                 attempt.cancel()
             if running:
@@ -331,31 +327,34 @@ class IntervalScheduler:
         loop = self._loop
         heap = self._heap
         running = self._running
-        callbacks = self._done_callbacks
+        create_task = loop.create_task
+        run = self._run
         # Never early: a task due at t must not start before t (a TaskLock
         # hold ends exactly then, and starting before would skip a period).
         now = loop.time()
         while heap and heap[0][0] <= now:
             task = heapq.heappop(heap)[2]
-            attempt: asyncio.Task[Any] = loop.create_task(task.attempt_once())  # type: ignore[arg-type]
-            running.add(attempt)
-            attempt.add_done_callback(callbacks[id(task)])
+            running[task] = create_task(run(task))
         self._schedule_timer()
 
-    def _done(self, task: IntervalTask, attempt: asyncio.Task[Any]) -> None:
-        self._running.discard(attempt)
-        if not attempt.cancelled() and (exc := attempt.exception()) is not None:
-            if isinstance(exc, Exception):
-                logger.error("Task execution error: %s", task.name, exc_info=exc)
-            else:  # KeyboardInterrupt, SystemExit...: not ours to swallow
-                logger.critical("Task execution error: %s", task.name, exc_info=exc)
-        if self._closing:
-            return
-        due = self._loop.time() + task.interval
+    async def _run(self, task: IntervalTask) -> None:
+        """One attempt, then schedule the next one `interval` after its end."""
+        try:
+            await task.attempt_once()
+        except Exception:
+            logger.exception("Task execution error: %s", task.name)
+        finally:
+            del self._running[task]
+            if not self._closing:
+                self._reschedule(task)
+
+    def _reschedule(self, task: IntervalTask) -> None:
+        loop = self._loop
+        due = loop.time() + task.interval
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, task))
         timer = self._timer
         if timer is None or due < timer.when():
             if timer is not None:
                 timer.cancel()
-            self._timer = self._loop.call_at(due, self._fire)
+            self._timer = loop.call_at(due, self._fire)
