@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from types import FunctionType
 from typing import Any, cast
 
 import anyio
@@ -30,6 +31,8 @@ SYNC_ERROR_LOG_INTERVAL = 30.0
 
 def is_async_callable(function: Callable[..., Any]) -> bool:
     """Whether calling `function` returns an awaitable (functions and callables)."""
+    if type(function) is FunctionType:  # the common case, without inspect
+        return bool(function.__code__.co_flags & inspect.CO_COROUTINE)
     while isinstance(function, partial):
         function = function.func
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
