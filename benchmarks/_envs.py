@@ -66,6 +66,20 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+#: A copy of the project's source taken when the run starts (see `run.py`):
+#: processes in the project's environment import it first, so a commit that
+#: lands during the run does not change what is measured halfway.
+PROJECT_SOURCE: Path | None = None
+
+
+def child_env(python: str | os.PathLike[str]) -> dict[str, str]:
+    """`clean_env()`, plus the source snapshot for the project's own Python."""
+    env = clean_env()
+    if PROJECT_SOURCE is not None and Path(python) == REPO / ".venv" / "bin" / "python":
+        env["PYTHONPATH"] = str(PROJECT_SOURCE)
+    return env
+
+
 def _freeze(python: Path) -> dict[str, str]:
     out = subprocess.run(
         [_uv(), "pip", "freeze", "--python", str(python)],

@@ -23,6 +23,7 @@ import os
 import platform
 import queue
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -38,7 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _envs import BENCH_DIR, REPO, Env, clean_env, ensure_envs, project_env
+import _envs
+from _envs import BENCH_DIR, REPO, Env, child_env, clean_env, ensure_envs, project_env
 from _report import markdown_report
 from _servers import NatsServer, RedisServer
 
@@ -188,7 +190,7 @@ class Worker:
         self.process = subprocess.Popen(
             argv,
             cwd=BENCH_DIR,
-            env=clean_env(),
+            env=child_env(argv[0]),
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -406,7 +408,7 @@ def run_scheduler(s: Settings, envs: dict[str, Env]) -> list[dict[str, Any]]:
                         done = subprocess.run(
                             argv,
                             cwd=BENCH_DIR,
-                            env=clean_env(),
+                            env=child_env(argv[0]),
                             stdout=subprocess.PIPE,
                             stderr=stderr,
                             text=True,
@@ -952,6 +954,17 @@ def servers(
         nats.stop()
 
 
+def snapshot_source() -> Path:
+    """Copy the project's package as it is now (committed or not)."""
+    target = Path(tempfile.mkdtemp(prefix="bench-src-"))
+    shutil.copytree(
+        REPO / "grelmicro",
+        target / "grelmicro",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return target
+
+
 def scrub(value: Any) -> Any:
     """The results without this machine's directories (they get committed)."""
     if isinstance(value, str):
@@ -1101,6 +1114,8 @@ def main() -> int:
         },
         "benchmarks": [],
     }
+    # Measure the source as it is now, even if commits land during the run.
+    _envs.PROJECT_SOURCE = snapshot_source()
     needs_servers = any(b in selected for b in ("lock", "load", "takeover"))
     with servers(needs_servers, nats_bin) as (redis, nats):
         output["machine"] = machine_info(redis, nats_bin, project)
@@ -1123,6 +1138,8 @@ def main() -> int:
                 assert nats
                 output["benchmarks"] += run_takeover(s, envs, redis, nats)
     output["elapsed_s"] = time.monotonic() - started
+    shutil.rmtree(_envs.PROJECT_SOURCE, ignore_errors=True)
+    _envs.PROJECT_SOURCE = None
     output = scrub(output)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
