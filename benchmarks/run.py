@@ -16,6 +16,7 @@ its own environment.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import datetime as dt
 import json
@@ -1116,6 +1117,7 @@ def main() -> int:
     }
     # Measure the source as it is now, even if commits land during the run.
     _envs.PROJECT_SOURCE = snapshot_source()
+    atexit.register(shutil.rmtree, _envs.PROJECT_SOURCE, ignore_errors=True)
     needs_servers = any(b in selected for b in ("lock", "load", "takeover"))
     with servers(needs_servers, nats_bin) as (redis, nats):
         output["machine"] = machine_info(redis, nats_bin, project)
