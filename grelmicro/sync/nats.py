@@ -148,6 +148,12 @@ class NatsSyncBackendBucketError(NatsSyncBackendError):
     """The KV bucket cannot be created or used as it is configured."""
 
 
+#: How long a reading of the server's clock is reused for skip decisions.
+_SERVER_CLOCK_TTL_NS = 5 * 1_000_000_000
+#: Below this much lease left, ask the server for its time before deciding.
+_SKIP_MARGIN_NS = 50_000_000
+
+
 class _Known:
     """What the backend last learned about one key.
 
@@ -357,6 +363,8 @@ class NatsSyncBackend:
         self._always_lease_ms = False
         self._created: str | None = None
         self._known: dict[str, _Known] = {}
+        #: (server time ns, local monotonic ns) of the last server clock reading.
+        self._server_clock: tuple[int, int] | None = None
         if auto_register:
             register_backend(self)
 
@@ -510,6 +518,7 @@ class NatsSyncBackend:
         # re-created, sequences restarted): forget every sequence we knew.
         self._reconnects = nc.stats["reconnects"]
         self._known.clear()
+        self._server_clock = None  # maybe another server, another clock
 
     async def _open(self, operation: str, name: str) -> Client:
         nc = Client()
@@ -822,9 +831,26 @@ class NatsSyncBackend:
             limits.append(written + self._max_age_ns)
         return _Entry(seq, token, min(limits) if limits else None)
 
+    def _estimated_server_now(self) -> int | None:
+        """The server's time (ns) from the last `_server_now`, if recent.
+
+        Counted on the local monotonic clock from a reading taken *after* the
+        server's answer arrived, so it is never ahead of the server's clock:
+        a remaining lease worked out from it is never too short.
+        """
+        clock = self._server_clock
+        if clock is None:
+            return None
+        server_ns, local_ns = clock
+        elapsed = time.monotonic_ns() - local_ns
+        if elapsed > _SERVER_CLOCK_TTL_NS:
+            return None
+        return server_ns + elapsed
+
     async def _server_now(self, nc: Client, operation: str, name: str) -> int:
         """The server's current time (ns), from the bucket's stream info."""
         info = await self._api(nc, f"STREAM.INFO.{self._stream}", None, operation, name)
+        local_ns = time.monotonic_ns()
         stamp = info.get("ts")
         if not isinstance(stamp, str):
             error = info.get("error") or {}
@@ -834,7 +860,9 @@ class NatsSyncBackend:
                 detail="the server did not give its time (stream info 'ts'): "
                 f"{error.get('description', 'NATS server 2.11+ is needed')}",
             )
-        return parse_timestamp_ns(stamp)
+        server_ns = parse_timestamp_ns(stamp)
+        self._server_clock = (server_ns, local_ns)
+        return server_ns
 
     def _remember(
         self, key: str, seq: int, token: str | None, late: float | None = None
@@ -962,6 +990,14 @@ class NatsSyncBackend:
             if entry.expiry_ns is None:
                 self._remember(key, entry.seq, entry.token, math.inf)
                 return math.inf
+            estimate = self._estimated_server_now()
+            if estimate is not None and entry.expiry_ns - estimate > _SKIP_MARGIN_NS:
+                # Surely still held: answer without asking the server for
+                # its time. Only the answer uses the estimate (callers merely
+                # wait on it); a takeover is always decided on a fresh
+                # reading of the server's clock.
+                self._remember(key, entry.seq, entry.token)
+                return (entry.expiry_ns - estimate) / _NS
             now = await self._server_now(nc, operation, name)
             left_ns = entry.expiry_ns - now
             late = time.monotonic() + left_ns / _NS

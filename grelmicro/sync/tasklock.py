@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     from typing_extensions import Doc
 
 
-#: Seconds within which two expiry times count as the same.
-_SAME_EXPIRY = 0.001
+#: Seconds within which two expiry times count as the same: a hold that
+#: ends this much before the minimum hold's end is not worth a round trip
+#: (an answer delayed by a busy event loop), capped at 2% of the hold.
+_SAME_EXPIRY = 0.02
 
 
 class TaskLock(Primitive):
@@ -189,7 +191,8 @@ class TaskLock(Primitive):
         remaining = min_until - time.monotonic()
         if remaining > 0:
             self._busy_until = min_until
-            if abs(self._hold_until - min_until) <= _SAME_EXPIRY:
+            slack = min(_SAME_EXPIRY, self.min_lock_seconds * 0.02)
+            if -slack <= self._hold_until - min_until <= 0.001:
                 return  # the server expires the hold at the right time
             await call_backend(
                 lambda: backend.acquire(
