@@ -32,7 +32,7 @@ from grelmicro.sync.errors import (
 )
 
 try:
-    from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+    from redis.asyncio import Redis, RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -225,6 +225,7 @@ class RedisSyncBackend:
         self._provider: Callable[[], Awaitable[RedisClient]] | None = None
         self._owned: Redis | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
+        self._limit: asyncio.Semaphore | None = None
         self._prefix = prefix
         if auto_register:
             register_backend(self)
@@ -259,6 +260,7 @@ class RedisSyncBackend:
         backend._provider = provider
         backend._owned = None
         backend._owned_loop = None
+        backend._limit = None
         if not isinstance(prefix, str):
             msg = f"prefix must be a str, got {prefix!r}"
             raise SyncSettingsValidationError(msg)
@@ -304,6 +306,7 @@ class RedisSyncBackend:
         The backend stays usable: the next operation opens a new connection.
         """
         client, self._owned, self._owned_loop = self._owned, None, None
+        self._limit = None
         if client is not None:
             try:
                 await client.aclose()
@@ -319,12 +322,8 @@ class RedisSyncBackend:
         if self._owned is None or self._owned_loop is not loop:
             # Connections belong to one event loop: a new loop gets a new client.
             assert self._url is not None
-            # A bounded pool: many tasks firing at once wait for one of a few
-            # connections (each call is ~0.1 ms) instead of opening one each.
-            pool = BlockingConnectionPool.from_url(
+            self._owned = Redis.from_url(
                 self._url,
-                max_connections=MAX_CONNECTIONS,
-                timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
                 socket_timeout=SOCKET_TIMEOUT,
                 retry=Retry(
@@ -333,7 +332,11 @@ class RedisSyncBackend:
                     supported_errors=(RedisConnectionError,),
                 ),
             )
-            self._owned = Redis.from_pool(pool)
+            # Bound the connections: many tasks firing at once wait for one
+            # of a few (each call is ~0.1 ms) instead of opening one each. A
+            # semaphore costs nothing when uncontended, unlike redis-py's
+            # BlockingConnectionPool.
+            self._limit = asyncio.Semaphore(MAX_CONNECTIONS)
             self._owned_loop = loop
         return self._owned
 
@@ -342,7 +345,11 @@ class RedisSyncBackend:
     ) -> int:
         try:
             client = await self._client()
-            return await script(client, self._prefix + name, *args)
+            limit = self._limit
+            if limit is None:
+                return await script(client, self._prefix + name, *args)
+            async with limit:
+                return await script(client, self._prefix + name, *args)
         except SyncBackendError:
             raise
         except Exception as exc:
