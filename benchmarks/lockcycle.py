@@ -436,7 +436,7 @@ async def main() -> None:
     try:
         make = await TARGETS[args.target](args, state)
         # One cycle to prove the target works before it is measured.
-        await (await make("probe"))()
+        await (await make(f"probe-{args.target}-{os.getpid()}"))()
     except Exception as exc:
         emit({"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
         return
