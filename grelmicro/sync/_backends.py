@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar, copy_context
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
 
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import BackendNotLoadedError
@@ -65,3 +66,29 @@ def get_default_backend(primitive: str = "this primitive") -> SyncBackend:
 def loaded_backends() -> tuple[SyncBackend, ...]:
     """The registered backends, oldest first."""
     return tuple(_loaded)
+
+
+class RegisteredBackend:
+    """The lifecycle the built-in backends share.
+
+    Entering makes the backend the default; exiting stops that and closes
+    what the backend opened itself (`aclose`); a borrowed client stays open.
+    """
+
+    async def __aenter__(self) -> Self:
+        """Make this backend the default (connections open on first use)."""
+        register_backend(cast("SyncBackend", self))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop being the default; close what the backend opened itself."""
+        unregister_backend(cast("SyncBackend", self))
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close what the backend opened itself (nothing by default)."""

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Self
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 
-from grelmicro.sync._backends import register_backend, unregister_backend
+from grelmicro.sync._backends import RegisteredBackend, register_backend
 
 if TYPE_CHECKING:
     from typing_extensions import Doc
 
 
-class MemorySyncBackend:
+class MemorySyncBackend(RegisteredBackend):
     """A `SyncBackend` that keeps locks in this process's memory.
 
     It coordinates the tasks and threads of one process only. Expiry uses the
@@ -35,19 +34,8 @@ class MemorySyncBackend:
         if auto_register:
             register_backend(self)
 
-    async def __aenter__(self) -> Self:
-        """Make this backend the default."""
-        register_backend(self)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop being the default backend and forget every lock."""
-        unregister_backend(self)
+    async def aclose(self) -> None:
+        """Forget every lock (called when the backend exits)."""
         self._locks.clear()
 
     def _holder(self, name: str) -> str | None:

@@ -50,14 +50,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, Final, Self
 from urllib.parse import urlparse
 
 import anyio
 
 from grelmicro.errors import DependencyNotFoundError
-from grelmicro.sync._backends import register_backend, unregister_backend
+from grelmicro.sync._backends import RegisteredBackend, register_backend
 from grelmicro.sync._nats_codec import (
     KeyEncodingError,
     encode_key,
@@ -184,7 +183,7 @@ class _Entry:
         self.expiry_ns = expiry_ns
 
 
-class NatsSyncBackend:
+class NatsSyncBackend(RegisteredBackend):
     """A `SyncBackend` storing locks in a NATS JetStream KV bucket.
 
     Give a URL (``nats://``, ``tls://``, ``ws://`` or ``wss://``; several
@@ -391,21 +390,6 @@ class NatsSyncBackend:
         )
 
     # Lifecycle ---------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        """Make this backend the default (the connection opens on first use)."""
-        register_backend(self)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop being the default; close the connection opened from the URL, if any."""
-        unregister_backend(self)
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection the backend opened itself (a borrowed one stays open).

@@ -19,12 +19,11 @@ import hashlib
 import math
 import os
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, Self
 from urllib.parse import urlparse
 
 from grelmicro.errors import DependencyNotFoundError
-from grelmicro.sync._backends import register_backend, unregister_backend
+from grelmicro.sync._backends import RegisteredBackend, register_backend
 from grelmicro.sync.errors import (
     SyncBackendError,
     SyncBackendTimeoutError,
@@ -151,7 +150,7 @@ class _Script:
         return int(result)
 
 
-class RedisSyncBackend:
+class RedisSyncBackend(RegisteredBackend):
     """A `SyncBackend` storing locks in Redis.
 
     Give a URL (`redis://`, `rediss://` or `unix://`), or a client, or nothing
@@ -284,21 +283,6 @@ class RedisSyncBackend:
         return f"RedisSyncBackend({source}, prefix={self._prefix!r})"
 
     # Lifecycle ---------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        """Make this backend the default (the connection opens on first use)."""
-        register_backend(self)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop being the default; close the client built from the URL, if any."""
-        unregister_backend(self)
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the client the backend built from its URL (a borrowed one stays open).
