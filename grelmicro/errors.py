@@ -15,11 +15,16 @@ class GrelmicroError(Exception):
 class OutOfContextError(GrelmicroError, RuntimeError):
     """A method that needs an entered async context manager was called outside it."""
 
-    def __init__(self, cls: object, method_name: str) -> None:
+    def __init__(
+        self, cls: object, method_name: str, *, message: str | None = None
+    ) -> None:
         name = cls if isinstance(cls, str) else type(cls).__name__
         super().__init__(
-            f"Could not call {name}.{method_name} outside of the context manager: "
-            f"use 'async with' on the {name} first"
+            message
+            or (
+                f"Could not call {name}.{method_name} outside of the context "
+                f"manager: use 'async with' on the {name} first"
+            )
         )
 
 

@@ -1,0 +1,110 @@
+"""The current run: what a task function can know about the run it is in.
+
+```python
+from grelmicro.task import Run, current_run
+
+@task.interval(seconds=5, max_lock_seconds=30)
+async def sync_catalog() -> None:
+    run = current_run()
+    await store.write(data, fencing_token=run.fencing_token)
+```
+
+The run is kept in a `ContextVar` that is set only inside the run's own task
+(each attempt runs in a task of its own, or sets and resets it within the same
+task), never at import time. A sync function running in a worker thread sees
+it too: anyio copies the context into the thread.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Annotated
+
+import anyio
+from typing_extensions import Doc
+
+from grelmicro.errors import OutOfContextError
+
+_current: ContextVar[Run | None] = ContextVar("grelmicro_current_run", default=None)
+
+
+class Run:
+    """One run of a task function.
+
+    - `name`: the task's name.
+    - `scheduled_at`: when the run was due (aware, UTC): the cron fire time,
+      or the attempt's start for interval tasks.
+    - `fencing_token`: the token of the run's `TaskLock` holding or cron
+      claim (pass it to the storage you write to); None for local runs and
+      on backends that cannot issue tokens.
+    - `lost`: True once the run's task lock or leadership is known lost (a
+      sync function cannot be cancelled: it should check this and stop).
+    """
+
+    __slots__ = ("_lost", "_lost_event", "fencing_token", "name", "scheduled_at")
+
+    def __init__(
+        self,
+        *,
+        name: Annotated[str, Doc("The task's name.")],
+        scheduled_at: Annotated[datetime, Doc("When the run was due (aware, UTC).")],
+        fencing_token: Annotated[
+            int | None, Doc("The fencing token of the run's lock or claim.")
+        ] = None,
+    ) -> None:
+        self.name = name
+        self.scheduled_at = scheduled_at
+        self.fencing_token = fencing_token
+        self._lost = False
+        self._lost_event: anyio.Event | None = None
+
+    @property
+    def lost(self) -> bool:
+        """Whether the run's task lock or leadership is known lost."""
+        return self._lost
+
+    def mark_lost(self) -> None:
+        """Record that the run's lock or leadership is lost (called by the scheduler)."""
+        self._lost = True
+        if self._lost_event is not None:
+            self._lost_event.set()
+
+    async def wait_lost(self) -> None:
+        """Wait until the run is marked lost."""
+        if self._lost:
+            return
+        if self._lost_event is None:
+            self._lost_event = anyio.Event()
+        await self._lost_event.wait()
+
+    def __repr__(self) -> str:
+        return (
+            f"Run(name={self.name!r}, scheduled_at={self.scheduled_at.isoformat()}, "
+            f"fencing_token={self.fencing_token!r}, lost={self._lost!r})"
+        )
+
+
+def current_run() -> Run:
+    """The run of the task function calling it.
+
+    Works in async task functions and in sync ones (in their worker thread),
+    and as a FastDepends dependency: `run: Run = Depends(current_run)`.
+    Raises `OutOfContextError` outside a task run.
+    """
+    run = _current.get()
+    if run is None:
+        msg = (
+            "current_run() was called outside a task run: call it from a task "
+            "function (or inject it with Depends(current_run))"
+        )
+        raise OutOfContextError("grelmicro.task", "current_run", message=msg)
+    return run
+
+
+def set_current_run(run: Run | None) -> None:
+    """Make `run` the current run of this context (the run's own task)."""
+    _current.set(run)
+
+
+__all__ = ["Run", "current_run", "set_current_run"]
