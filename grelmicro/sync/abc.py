@@ -183,6 +183,20 @@ class FencingBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class NameCheckBackend(Protocol):
+    """Capability: reject at start a lock name the backend cannot store.
+
+    Called (no I/O) when a primitive is bound to the backend, for example when
+    a `TaskManager` starts, so a name too long for the server fails then with
+    a clear error instead of failing every run.
+    """
+
+    def check_name(self, name: Annotated[str, Doc("The lock key.")]) -> None:
+        """Raise `SyncSettingsValidationError` (naming `name`) if it cannot be stored."""
+        ...
+
+
 class FireRetake(NamedTuple):
     """The answer of `FireClaimBackend.retake_fire`."""
 
@@ -278,6 +292,7 @@ __all__ = [
     "FencingBackend",
     "FireClaimBackend",
     "FireRetake",
+    "NameCheckBackend",
     "ReleaseWatchBackend",
     "RemainingBackend",
     "SyncBackend",
