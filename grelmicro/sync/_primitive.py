@@ -1,18 +1,33 @@
-"""What every synchronization primitive shares: naming, backend lookup, calls."""
+"""What every synchronization primitive shares: naming, backend binding, calls."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
+
+import anyio
 
 from grelmicro._validate import SettingsValidationError, non_empty_str
 from grelmicro.sync._backends import get_default_backend
-from grelmicro.sync.abc import SyncBackend
+from grelmicro.sync.abc import (
+    FencedAcquire,
+    FencingBackend,
+    NameCheckBackend,
+    ReleaseWatchBackend,
+    RemainingBackend,
+    SyncBackend,
+)
 from grelmicro.sync.errors import BackendNotLoadedError, SyncBackendError
 
 T = TypeVar("T")
+
+logger = logging.getLogger("grelmicro.sync")
 
 #: Upper bound for one backend call made by `Lock` and `TaskLock`.
 DEFAULT_BACKEND_TIMEOUT = 5.0
@@ -41,6 +56,74 @@ def check_backend(backend: SyncBackend | None) -> SyncBackend | None:
     return backend
 
 
+# Holder tokens -------------------------------------------------------------------
+
+# Unique for the life of the process: an id() or a thread ident is reused once
+# its task or thread is gone, and a new holder must never "own" a dead one's lock.
+_holder_ids = itertools.count(1)
+_task_ids: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
+    weakref.WeakKeyDictionary()
+)
+_thread_ids = threading.local()
+
+
+def task_holder_id() -> str:
+    """A process-unique id of the current asyncio task."""
+    task = asyncio.current_task()
+    if task is None:  # pragma: no cover - always inside a task under anyio
+        return thread_holder_id()
+    number = _task_ids.get(task)
+    if number is None:
+        number = _task_ids[task] = next(_holder_ids)
+    return f"task-{number}"
+
+
+def thread_holder_id() -> str:
+    """A process-unique id of the current thread."""
+    number: int | None = getattr(_thread_ids, "number", None)
+    if number is None:
+        number = _thread_ids.number = next(_holder_ids)
+    return f"thread-{number}"
+
+
+# Backend capabilities ------------------------------------------------------------
+
+
+class Capabilities:
+    """The optional capabilities of one backend, tested once when bound."""
+
+    __slots__ = ("backend", "fencing", "name_check", "release_watch", "remaining")
+
+    def __init__(self, backend: SyncBackend) -> None:
+        self.backend = backend
+        self.fencing = backend if isinstance(backend, FencingBackend) else None
+        self.remaining = backend if isinstance(backend, RemainingBackend) else None
+        self.release_watch = (
+            backend if isinstance(backend, ReleaseWatchBackend) else None
+        )
+        self.name_check = backend if isinstance(backend, NameCheckBackend) else None
+
+    async def acquire(self, *, name: str, token: str, duration: float) -> FencedAcquire:
+        """Take or extend: fenced when the backend can, else as well as it can."""
+        if self.fencing is not None:
+            return await self.fencing.acquire_fenced(
+                name=name, token=token, duration=duration
+            )
+        if self.remaining is not None:
+            left = await self.remaining.acquire_or_remaining(
+                name=name, token=token, duration=duration
+            )
+            return FencedAcquire(None, left) if left > 0 else _UNFENCED
+        acquired = await self.backend.acquire(name=name, token=token, duration=duration)
+        return _UNFENCED if acquired else _BUSY
+
+
+#: Acquired on a backend without tokens: `fence` is None but `remaining` is 0.
+_UNFENCED = FencedAcquire(None, 0.0)
+#: Busy on a backend that cannot tell for how long.
+_BUSY = FencedAcquire(None, float("inf"))
+
+
 class Primitive:
     """Base of `Lock`, `TaskLock` and `LeaderElection`."""
 
@@ -53,6 +136,7 @@ class Primitive:
         self.key = f"{self.kind}:{name}"
         self._backend = check_backend(backend)
         self.worker = worker_id(worker)
+        self._caps: Capabilities | None = None
 
     @property
     def explicit_backend(self) -> SyncBackend | None:
@@ -66,23 +150,27 @@ class Primitive:
             return self._backend
         return get_default_backend(f"{type(self).__name__}({self.name!r})")
 
+    @property
+    def caps(self) -> Capabilities:
+        """The capabilities of the backend in use (tested once per backend)."""
+        backend = self.backend
+        caps = self._caps
+        if caps is None or caps.backend is not backend:
+            caps = self._caps = Capabilities(backend)
+            if caps.name_check is not None:
+                caps.name_check.check_name(self.key)
+        return caps
+
+    def bind(self) -> None:
+        """Resolve the backend now and check this primitive's name against it.
+
+        Called when a `TaskManager` starts, so a name the backend cannot store
+        fails then, not at every run.
+        """
+        _ = self.caps
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, worker={self.worker!r})"
-
-
-WaitReleased = Callable[..., Awaitable[None]]
-
-
-def wait_released_of(backend: SyncBackend | None) -> WaitReleased | None:
-    """The backend's optional `wait_released(*, name)` method, if it has one.
-
-    It returns once the key is seen free (released, deleted or expired), or
-    earlier: callers check again by acquiring.
-    """
-    if backend is None:
-        return None
-    waiter: WaitReleased | None = getattr(backend, "wait_released", None)
-    return waiter
 
 
 async def call_backend(
@@ -103,3 +191,47 @@ async def call_backend(
         raise
     except Exception as exc:
         raise error() from exc
+
+
+async def acquire_or_give_back(
+    caps: Capabilities,
+    *,
+    name: str,
+    token: str,
+    duration: float,
+    error: Callable[[], SyncBackendError],
+    timeout: float,  # noqa: ASYNC109
+) -> FencedAcquire:
+    """One acquisition whose caller may give up: never leave a lease nobody owns.
+
+    If the call is cancelled, times out or fails, the server may still apply
+    it (a late answer): the token that was sent is released at once (shielded,
+    owner-only, best effort, bounded by `timeout`), so the lock is free again
+    within one round trip instead of held until its lease ends.
+    """
+    try:
+        return await call_backend(
+            lambda: caps.acquire(name=name, token=token, duration=duration),
+            error,
+            timeout,
+        )
+    except BackendNotLoadedError:
+        raise
+    except BaseException:
+        await give_back(caps.backend, name=name, token=token, timeout=timeout)
+        raise
+
+
+async def give_back(
+    backend: SyncBackend,
+    *,
+    name: str,
+    token: str,
+    timeout: float,  # noqa: ASYNC109
+) -> None:
+    """Release `token`'s hold on `name` if it has one: shielded, best effort."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+        try:
+            await backend.release(name=name, token=token)
+        except Exception as exc:
+            logger.debug("Could not give back %s (%s): %r", name, token, exc)

@@ -111,7 +111,7 @@ class FencedAcquire(NamedTuple):
     @property
     def acquired(self) -> bool:
         """Whether the call took or extended the lock."""
-        return self.fence is not None
+        return self.remaining == 0.0
 
 
 @runtime_checkable

@@ -30,6 +30,14 @@ class BackendNotLoadedError(SyncBackendError):
         )
 
 
+class BackendNotReadyError(SyncBackendError):
+    """The backend's connection is not open yet (the application is starting).
+
+    Raised, for example, while a FastStream app has not connected its broker:
+    tasks skip their attempt quietly (DEBUG) instead of logging an error.
+    """
+
+
 class SyncBackendTimeoutError(SyncBackendError, TimeoutError):
     """A backend call did not answer in time."""
 

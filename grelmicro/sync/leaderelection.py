@@ -12,10 +12,15 @@ import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from grelmicro import _metrics
 from grelmicro._validate import less_than, number
-from grelmicro.sync._primitive import Primitive, call_backend, wait_released_of
+from grelmicro.sync._primitive import Capabilities, Primitive, call_backend, give_back
 from grelmicro.sync.abc import SyncBackend
-from grelmicro.sync.errors import LockAcquireError, LockReleaseError
+from grelmicro.sync.errors import (
+    BackendNotReadyError,
+    LockAcquireError,
+    LockReleaseError,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Doc
@@ -93,6 +98,10 @@ class LeaderElection(Primitive):
         )
         # Monotonic time at which the last successful acquire/renew was *sent*.
         self._renewed_at: float | None = None
+        # The fencing token of the current term (None: not leader, or no tokens).
+        self._fence: int | None = None
+        # Counts the terms this worker began (a term ends when leadership is lost).
+        self._term = 0
         self._changed: anyio.Event | None = None
         self._running = False
         # True after a round in which another worker held the lease.
@@ -115,6 +124,16 @@ class LeaderElection(Primitive):
             renewed_at is not None
             and time.monotonic() - renewed_at < self.renew_deadline
         )
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The fencing token of this worker's current term; None when not leader.
+
+        Each term (a fresh acquisition of the lease, not a renewal) gets a
+        token greater than every earlier term's, across all workers. None
+        too on a backend that cannot issue tokens.
+        """
+        return self._fence if self.is_leader() else None
 
     @property
     def running(self) -> bool:
@@ -140,6 +159,23 @@ class LeaderElection(Primitive):
         """Wait until this worker is the leader."""
         while not self.is_leader():
             await self._wait_change(None)
+
+    @property
+    def term(self) -> int:
+        """How many terms this worker has begun (grows when it becomes leader)."""
+        return self._term
+
+    async def wait_term_end(self, term: int) -> None:
+        """Wait until term number `term` ends (returns at once if it already did).
+
+        Unlike `wait_lose_leader`, this also returns when leadership lapsed
+        and was taken again (a new term) between two checks.
+        """
+        while self._term == term and self.is_leader():
+            renewed_at = self._renewed_at
+            assert renewed_at is not None
+            left = renewed_at + self.renew_deadline - time.monotonic()
+            await self._wait_change(max(left, 0.0))
 
     async def wait_lose_leader(self) -> None:
         """Wait until this worker is no longer the leader."""
@@ -170,10 +206,15 @@ class LeaderElection(Primitive):
     async def __call__(
         self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
     ) -> None:
-        """Run the election until cancelled, then release the lease."""
+        """Run the election until cancelled, then release the lease.
+
+        One election may be added to several managers of one process: it runs
+        once, in the manager that started it first; the others only wait (a
+        manager that did not start it does not stop it).
+        """
         if self._running:
-            msg = f"LeaderElection({self.name!r}) is already running"
-            raise RuntimeError(msg)
+            task_status.started()
+            await anyio.sleep_forever()
         self._running = True
         task_status.started()
         try:
@@ -188,8 +229,8 @@ class LeaderElection(Primitive):
     async def _sleep_until_next_round(self) -> None:
         """Wait `retry_interval`; a follower wakes early when the lease is freed.
 
-        Backends that can tell when a key is released or expires (an optional
-        `wait_released(*, name)` method, such as a NATS KV watch) let a
+        Backends that can tell when a key is released or expires (the
+        `ReleaseWatchBackend` capability, such as a NATS KV watch) let a
         follower take over at once after a graceful stop instead of at its
         next retry.
         """
@@ -200,23 +241,22 @@ class LeaderElection(Primitive):
             # right when it runs out (a crashed leader), not up to one
             # retry_interval later.
             wait = min(wait, lease_left + 0.001)
-        waiter = (
-            wait_released_of(self._backend_or_none()) if self._lost_to_other else None
-        )
-        if waiter is None:
+        caps = self._caps_or_none() if self._lost_to_other else None
+        watch = caps.release_watch if caps is not None else None
+        if watch is None:
             await anyio.sleep(wait)
             return
         deadline = time.monotonic() + wait
         with anyio.move_on_after(wait):
             try:
-                await waiter(name=self.key)
+                await watch.wait_released(name=self.key)
             except Exception:
                 logger.debug("wait_released failed: %s", self.name, exc_info=True)
                 await anyio.sleep(max(deadline - time.monotonic(), 0.0))
 
-    def _backend_or_none(self) -> SyncBackend | None:
+    def _caps_or_none(self) -> Capabilities | None:
         try:
-            return self.backend
+            return self.caps
         except Exception:
             return None
 
@@ -224,49 +264,93 @@ class LeaderElection(Primitive):
         """Take or renew the lease once."""
         started = time.monotonic()
         self._lease_left = None
+        was_leader = self.is_leader()
         try:
-            backend = self.backend
-            fast = getattr(backend, "acquire_or_remaining", None)
-            if fast is None:
-                acquired = await call_backend(
-                    lambda: backend.acquire(
-                        name=self.key, token=self.worker, duration=self.lease_duration
-                    ),
-                    lambda: LockAcquireError(name=self.key, token=self.worker),
-                    self.backend_timeout,
+            caps = self.caps
+            answer = await call_backend(
+                lambda: caps.acquire(
+                    name=self.key, token=self.worker, duration=self.lease_duration
+                ),
+                lambda: LockAcquireError(name=self.key, token=self.worker),
+                self.backend_timeout,
+            )
+        except BaseException as exc:
+            if _metrics.ENABLED.on:
+                _metrics.lock_acquire("leader", "error", time.monotonic() - started)
+            backend = self.backend_or_none()
+            if not was_leader and backend is not None:
+                # A follower's acquire that failed or was cancelled (at
+                # shutdown) may still be applied by the server: give the
+                # lease back at once. A leader keeps its lease until
+                # renew_deadline; its step-down releases it.
+                await give_back(
+                    backend,
+                    name=self.key,
+                    token=self.worker,
+                    timeout=self.backend_timeout,
                 )
-            else:
-                left: float = await call_backend(
-                    lambda: fast(
-                        name=self.key, token=self.worker, duration=self.lease_duration
-                    ),
-                    lambda: LockAcquireError(name=self.key, token=self.worker),
-                    self.backend_timeout,
-                )
-                acquired = left <= 0
-                if not acquired and left != float("inf"):
-                    self._lease_left = left
-        except Exception as exc:
+            if not isinstance(exc, Exception):
+                raise
             self._lost_to_other = False
             self._log_error(exc)
             if self._renewed_at is not None and not self.is_leader():
                 self._set_leader(None)
             return
+        acquired = answer.acquired
+        if _metrics.ENABLED.on:
+            _metrics.lock_acquire(
+                "leader",
+                "acquired" if acquired else "busy",
+                time.monotonic() - started,
+            )
+        if not acquired and answer.remaining != float("inf"):
+            self._lease_left = answer.remaining
         self._lost_to_other = not acquired
         self._recovered()
+        if (
+            acquired
+            and self._renewed_at is not None
+            and answer.fence is not None
+            and self._fence is not None
+            and answer.fence != self._fence
+        ):
+            # Leader again, but after a gap: the lease lapsed in between and
+            # another worker may have led. That ends the term.
+            logger.warning(
+                "Leadership lapsed and was taken again: %s (worker %s); a new "
+                "term begins",
+                self.name,
+                self.worker,
+            )
+            self._set_leader(None)
+        if acquired:
+            self._fence = answer.fence
         self._set_leader(started if acquired else None)
+
+    def backend_or_none(self) -> SyncBackend | None:
+        """The backend in use, or None when none is loaded."""
+        try:
+            return self.backend
+        except Exception:
+            return None
 
     def _set_leader(self, renewed_at: float | None) -> None:
         was_leader = self._renewed_at is not None
         self._renewed_at = renewed_at
         if renewed_at is not None and not was_leader:
+            self._term += 1
             logger.info("Leader elected: %s (worker %s)", self.name, self.worker)
+            _metrics.leader_status(self.name, True)
             self._notify()
         elif renewed_at is None and was_leader:
             logger.info("Leader lost: %s (worker %s)", self.name, self.worker)
+            self._fence = None
+            _metrics.leader_status(self.name, False)
             self._notify()
 
     async def _step_down(self) -> None:
+        """Stop leading and release the lease (a follower's in-flight acquire
+        was given back by `_round` when it was cancelled)."""
         was_leader = self._renewed_at is not None
         self._set_leader(None)
         if not was_leader:
@@ -288,6 +372,9 @@ class LeaderElection(Primitive):
             )
 
     def _log_error(self, exc: BaseException) -> None:
+        if _not_ready(exc):
+            logger.debug("Leader election waits for its backend: %s", self.name)
+            return
         now = time.monotonic()
         if now - self._last_error_log >= self.error_interval:
             suppressed = self._errors_suppressed
@@ -306,3 +393,12 @@ class LeaderElection(Primitive):
             logger.info("Leader election backend recovered: %s", self.name)
             self._last_error_log = -float("inf")
             self._errors_suppressed = 0
+
+
+def _not_ready(exc: BaseException) -> bool:
+    """Whether `exc` says the backend is not connected yet (application start-up)."""
+    while exc is not None:
+        if isinstance(exc, BackendNotReadyError):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import time
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Annotated, Self
 from uuid import UUID
 
 import anyio
 
+from grelmicro import _metrics
 from grelmicro._validate import number
 from grelmicro.sync._primitive import (
     DEFAULT_BACKEND_TIMEOUT,
     Primitive,
+    acquire_or_give_back,
     call_backend,
-    wait_released_of,
+    task_holder_id,
+    thread_holder_id,
 )
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import (
@@ -70,42 +72,76 @@ class Lock(Primitive):
         self.lease_duration = number("lease_duration", lease_duration)
         self.retry_interval = number("retry_interval", retry_interval)
         self._timeout = DEFAULT_BACKEND_TIMEOUT
+        # The holder token and fencing token of this worker's current holding.
+        self._holder: str | None = None
+        self._fence: int | None = None
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The fencing token of this worker's current holding; None when not held.
+
+        It grows with every acquisition of the lock across all workers: pass
+        it to the storage the lock protects so that a holder paused past its
+        lease cannot overwrite a later holder's writes. None too on a backend
+        that cannot issue tokens.
+        """
+        return self._fence if self._holder is not None else None
 
     # Tokens -----------------------------------------------------------------
 
     def _task_token(self) -> str:
-        return f"{self.worker}/task-{id(asyncio.current_task())}"
+        return f"{self.worker}/{task_holder_id()}"
 
     def _thread_token(self) -> str:
-        return f"{self.worker}/thread-{threading.get_ident()}"
+        return f"{self.worker}/{thread_holder_id()}"
 
     # Token-level operations (shared by the async API and `from_thread`) -----
 
     async def do_acquire(self, token: str) -> bool:
-        """Try once to take (or extend) the lock for `token`."""
-        backend = self.backend
-        return await call_backend(
-            lambda: backend.acquire(
-                name=self.key, token=token, duration=self.lease_duration
-            ),
-            lambda: LockAcquireError(name=self.name, token=token),
-            self._timeout,
-        )
+        """Try once to take (or extend) the lock for `token`.
+
+        If the call is cancelled or fails, the token is given back at once
+        (the server may have applied it late): no lease is left unowned.
+        """
+        caps = self.caps
+        started = time.perf_counter()
+        try:
+            answer = await acquire_or_give_back(
+                caps,
+                name=self.key,
+                token=token,
+                duration=self.lease_duration,
+                error=lambda: LockAcquireError(name=self.name, token=token),
+                timeout=self._timeout,
+            )
+        except Exception:
+            if _metrics.ENABLED.on:
+                _metrics.lock_acquire("lock", "error", time.perf_counter() - started)
+            raise
+        if _metrics.ENABLED.on:
+            outcome = "acquired" if answer.acquired else "busy"
+            _metrics.lock_acquire("lock", outcome, time.perf_counter() - started)
+        if not answer.acquired:
+            return False
+        if self._holder != token:
+            self._holder = token
+        self._fence = answer.fence
+        return True
 
     async def do_acquire_wait(self, token: str) -> None:
         """Take the lock for `token`, retrying every `retry_interval`.
 
-        With a backend that reports releases (`wait_released`), a waiter
-        retries as soon as the lock is freed.
+        With a backend that reports releases (`ReleaseWatchBackend`), a
+        waiter retries as soon as the lock is freed.
         """
         while not await self.do_acquire(token):
-            waiter = wait_released_of(self.backend)
-            if waiter is None:
+            watch = self.caps.release_watch
+            if watch is None:
                 await anyio.sleep(self.retry_interval)
                 continue
             with anyio.move_on_after(self.retry_interval):
                 try:
-                    await waiter(name=self.key)
+                    await watch.wait_released(name=self.key)
                 except Exception:
                     await anyio.sleep(self.retry_interval)
 
@@ -117,6 +153,9 @@ class Lock(Primitive):
             lambda: LockReleaseError(name=self.name, token=token),
             self._timeout,
         )
+        if self._holder == token:
+            self._holder = None
+            self._fence = None
         if not released:
             raise LockNotOwnedError(name=self.name, token=token)
 

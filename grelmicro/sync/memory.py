@@ -124,17 +124,26 @@ class MemorySyncBackend(RegisteredBackend):
 
     # Capabilities ----------------------------------------------------------------
 
+    # Subclasses that override `acquire` (to delay or fail it, in tests) see
+    # the capabilities go through their override too.
+
     async def acquire_fenced(
         self, *, name: str, token: str, duration: float
     ) -> FencedAcquire:
         """Take or extend the lock; the fencing token of the holding."""
-        return self._acquire(name, token, duration)
+        if await self.acquire(name=name, token=token, duration=duration):
+            hold = self._locks.get(name)
+            fence = hold.fence if hold is not None and hold.token == token else None
+            return FencedAcquire(fence, 0.0)
+        return FencedAcquire(None, max(self._remaining(name), 1e-6))
 
     async def acquire_or_remaining(
         self, *, name: str, token: str, duration: float
     ) -> float:
         """Like `acquire`; returns 0.0 when acquired, else the holder's lease left."""
-        return self._acquire(name, token, duration).remaining
+        if await self.acquire(name=name, token=token, duration=duration):
+            return 0.0
+        return max(self._remaining(name), 1e-6)
 
     async def wait_released(self, *, name: str) -> None:
         """Return once the lock is free: released by its holder, or expired."""

@@ -9,9 +9,16 @@ from uuid import UUID
 
 import anyio
 
+from grelmicro import _metrics
 from grelmicro._validate import less_than, number
-from grelmicro.sync._primitive import DEFAULT_BACKEND_TIMEOUT, Primitive, call_backend
-from grelmicro.sync.abc import SyncBackend
+from grelmicro.sync._primitive import (
+    DEFAULT_BACKEND_TIMEOUT,
+    Primitive,
+    acquire_or_give_back,
+    call_backend,
+    give_back,
+)
+from grelmicro.sync.abc import FencedAcquire, SyncBackend
 from grelmicro.sync.errors import LockAcquireError, LockReleaseError, LockStateError
 
 if TYPE_CHECKING:
@@ -67,14 +74,34 @@ class TaskLock(Primitive):
             equal=True,
         )
         self._timeout = min(DEFAULT_BACKEND_TIMEOUT, self.max_lock_seconds)
+        # Set while a coroutine of this worker holds the lock, or is taking it:
+        # the token is the worker's, so the backend alone cannot keep a second
+        # coroutine of the same worker out.
+        self._in_use = False
         self._acquired_at: float | None = None
-        self._hold_until = -float("inf")
+        self._fence: int | None = None
+        # Monotonic time before which the server surely keeps the hold...
+        self._sure_until = -float("inf")
+        # ...and after which it surely does not (a pending extension counts).
+        self._max_until = -float("inf")
         # Monotonic time before which this worker knows the lock is not free:
         # its own minimum hold, or the hold another worker is known to keep.
         self._busy_until = -float("inf")
 
+    @property
+    def fencing_token(self) -> int | None:
+        """The fencing token of this worker's current holding; None when not held.
+
+        It grows with every acquisition of the task lock across all workers
+        (not with extensions). None too on a backend that cannot issue tokens.
+        """
+        return self._fence if self._acquired_at is not None else None
+
     async def __aenter__(self) -> Self:
-        """Take the lock now, or raise `anyio.WouldBlock` if it is held."""
+        """Take the lock now, or raise `anyio.WouldBlock` if it is held.
+
+        Another coroutine of this worker holding it counts as held.
+        """
         if not await self.try_acquire():
             raise anyio.WouldBlock
         return self
@@ -89,74 +116,105 @@ class TaskLock(Primitive):
         with anyio.CancelScope(shield=True):
             await self.release()
 
+    def _error(self) -> LockAcquireError:
+        return LockAcquireError(name=self.name, token=self.worker)
+
+    async def _acquire(self, duration: float) -> FencedAcquire:
+        started = time.perf_counter()
+        try:
+            answer = await acquire_or_give_back(
+                self.caps,
+                name=self.key,
+                token=self.worker,
+                duration=duration,
+                error=self._error,
+                timeout=self._timeout,
+            )
+        except Exception:
+            if _metrics.ENABLED.on:
+                _metrics.lock_acquire(
+                    "tasklock", "error", time.perf_counter() - started
+                )
+            raise
+        if _metrics.ENABLED.on:
+            outcome = "acquired" if answer.acquired else "busy"
+            _metrics.lock_acquire("tasklock", outcome, time.perf_counter() - started)
+        return answer
+
     async def try_acquire(self, *, hold: float | None = None) -> bool:
         """Take the lock if it is free; False if another worker holds it.
 
         The lock is taken for `hold` seconds (`max_lock_seconds` by default;
         interval tasks take `min_lock_seconds` and call `extend()` if the run
         goes on). While this worker knows the lock cannot be free (its own
-        minimum hold is running, or a failed attempt told it how long another
-        worker still holds its minimum hold), it answers False without asking
-        the backend.
+        minimum hold is running, another of its coroutines holds it, or a
+        failed attempt told it how long another worker still holds its
+        minimum hold), it answers False without asking the backend. A call
+        that is cancelled or fails gives its token back: no lease is left
+        that nobody owns.
         """
+        if self._in_use:
+            return False
         started = time.monotonic()
         if started < self._busy_until:
             return False
         duration = self.max_lock_seconds if hold is None else hold
-        backend = self.backend
-        fast = getattr(backend, "acquire_or_remaining", None)
-        if fast is None:
-            acquired = await call_backend(
-                lambda: backend.acquire(
-                    name=self.key, token=self.worker, duration=duration
-                ),
-                lambda: LockAcquireError(name=self.name, token=self.worker),
-                self._timeout,
-            )
-        else:
-            remaining: float = await call_backend(
-                lambda: fast(name=self.key, token=self.worker, duration=duration),
-                lambda: LockAcquireError(name=self.name, token=self.worker),
-                self._timeout,
-            )
-            acquired = remaining <= 0
-            if 0 < remaining <= self.min_lock_seconds:
-                # The holder is in its minimum hold: nobody can take it before.
-                self._busy_until = started + remaining
-        if not acquired:
-            return False
-        answered = time.monotonic()
-        if answered - started >= duration / 2:
-            # A very late answer: the lease may have run out (and another
-            # worker taken the lock) before we saw it. Confirm it first.
-            started = time.monotonic()
-            confirmed = await call_backend(
-                lambda: backend.acquire(
-                    name=self.key, token=self.worker, duration=duration
-                ),
-                lambda: LockAcquireError(name=self.name, token=self.worker),
-                self._timeout,
-            )
-            answered = time.monotonic()
-            if not confirmed or answered - started >= duration / 2:
+        self._in_use = True
+        try:
+            answer = await self._acquire(duration)
+            if not answer.acquired:
+                if 0 < answer.remaining <= self.min_lock_seconds:
+                    # The holder is in its minimum hold: nobody can take it before.
+                    self._busy_until = started + answer.remaining
+                self._in_use = False
                 return False
+            answered = time.monotonic()
+            if answered - started >= duration / 2:
+                # A very late answer: the lease may have run out (and another
+                # worker taken the lock) before we saw it. Confirm it first;
+                # if that is late or lost too, give the lock back.
+                started = time.monotonic()
+                answer = await self._acquire(duration)
+                answered = time.monotonic()
+                if not answer.acquired or answered - started >= duration / 2:
+                    if answer.acquired:
+                        await give_back(
+                            self.backend,
+                            name=self.key,
+                            token=self.worker,
+                            timeout=self._timeout,
+                        )
+                    self._in_use = False
+                    return False
+        except BaseException:
+            self._in_use = False
+            raise
         # The run starts now: the minimum hold counts from here (`release`
         # makes up for a slow answer). The server's expiry is at least
-        # `started + duration`: it received the request after `started`.
+        # `started + duration` (it received the request after `started`) and
+        # at most `answered + duration`.
         self._acquired_at = answered
-        self._hold_until = started + duration
+        self._fence = answer.fence
+        self._sure_until = started + duration
+        self._max_until = answered + duration
         return True
 
     @property
     def hold_until(self) -> float:
         """Monotonic time before which the server surely keeps this worker's hold."""
-        return self._hold_until
+        return self._sure_until
+
+    @property
+    def acquired_at(self) -> float | None:
+        """Monotonic time at which this worker's current holding began."""
+        return self._acquired_at
 
     async def extend(self) -> bool:
         """Extend a held lock to `max_lock_seconds` after its acquisition.
 
-        Returns False when the lock is no longer held by this worker (it
-        expired and another worker took it).
+        Returns False when the lock is no longer held by this worker without
+        a gap: it expired (and another worker may have taken it), even if
+        this call took it again (a new fencing token tells the gap).
         """
         acquired_at = self._acquired_at
         if acquired_at is None:
@@ -165,34 +223,50 @@ class TaskLock(Primitive):
         duration = acquired_at + self.max_lock_seconds - started
         if duration <= 0:
             return False
-        backend = self.backend
-        extended = await call_backend(
-            lambda: backend.acquire(
-                name=self.key, token=self.worker, duration=duration
-            ),
-            lambda: LockAcquireError(name=self.name, token=self.worker),
-            self._timeout,
-        )
-        if extended:
-            self._hold_until = started + duration
-        return extended
+        # The server may apply this even if the answer never comes back:
+        # `release` must then shorten the hold again.
+        self._max_until = max(self._max_until, acquired_at + self.max_lock_seconds)
+        answer = await self._acquire(duration)
+        if not answer.acquired:
+            return False
+        self._sure_until = started + duration
+        if (
+            answer.fence is not None
+            and self._fence is not None
+            and answer.fence != self._fence
+        ):
+            # Mine again, but after a gap: another worker may have run.
+            self._fence = answer.fence
+            return False
+        return True
 
     async def release(self) -> None:
         """Release now if `min_lock_seconds` passed, else keep it until then.
 
-        When the lock was taken for just `min_lock_seconds` and not extended,
-        the server already expires it at the right time: no call is made.
+        When the server already expires the hold at the right time (taken for
+        just `min_lock_seconds`, not extended), no call is made.
         """
         acquired_at, self._acquired_at = self._acquired_at, None
+        self._fence = None
         if acquired_at is None:
             return
+        try:
+            await self._release(acquired_at)
+        finally:
+            self._in_use = False
+
+    async def _release(self, acquired_at: float) -> None:
         backend = self.backend
         min_until = acquired_at + self.min_lock_seconds
-        remaining = min_until - time.monotonic()
+        now = time.monotonic()
+        remaining = min_until - now
         if remaining > 0:
             self._busy_until = min_until
             slack = min(_SAME_EXPIRY, self.min_lock_seconds * 0.02)
-            if -slack <= self._hold_until - min_until <= 0.001:
+            if (
+                self._max_until <= min_until + 0.001
+                and self._sure_until >= min_until - slack
+            ):
                 return  # the server expires the hold at the right time
             await call_backend(
                 lambda: backend.acquire(
@@ -201,7 +275,7 @@ class TaskLock(Primitive):
                 lambda: LockReleaseError(name=self.name, token=self.worker),
                 self._timeout,
             )
-        else:
+        elif now < self._max_until:
             await call_backend(
                 lambda: backend.release(name=self.key, token=self.worker),
                 lambda: LockReleaseError(name=self.name, token=self.worker),

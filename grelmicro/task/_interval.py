@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -17,11 +18,13 @@ import anyio.to_thread
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from grelmicro import _metrics
 from grelmicro.sync.abc import Synchronization
-from grelmicro.sync.errors import SyncBackendError
+from grelmicro.sync.errors import BackendNotReadyError, SyncBackendError
 from grelmicro.sync.leaderelection import LeaderElection
 from grelmicro.sync.lock import Lock
 from grelmicro.sync.tasklock import TaskLock
+from grelmicro.task._run import Run, reset_current_run, set_current_run
 
 logger = logging.getLogger("grelmicro.task")
 
@@ -50,11 +53,21 @@ def default_task_name(function: Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
-def prepare_call(function: Callable[..., Any]) -> Callable[[], Awaitable[Any]]:
+#: Seconds a stopping manager waits for a sync task function still running in
+#: its worker thread (a thread cannot be interrupted) before it abandons it
+#: with a WARNING, so a stuck thread never keeps a replica from shutting down.
+SYNC_STOP_TIMEOUT = 5.0
+
+
+def prepare_call(
+    function: Callable[..., Any], *, name: str | None = None
+) -> Callable[[], Awaitable[Any]]:
     """Build a no-argument async callable that runs `function`.
 
     Parameters are resolved by FastDepends (`Depends(...)`); a sync function
-    runs in a worker thread so it never blocks the event loop.
+    runs in a worker thread so it never blocks the event loop. When the run
+    is cancelled (the manager stops), the thread is waited for at most
+    `SYNC_STOP_TIMEOUT` seconds, then abandoned with a WARNING naming the task.
     """
     target: Callable[..., Any] = function
     if _has_parameters(function):
@@ -63,11 +76,40 @@ def prepare_call(function: Callable[..., Any]) -> Callable[[], Awaitable[Any]]:
         target = inject(function)
     if is_async_callable(function):
         return cast("Callable[[], Awaitable[Any]]", target)
+    task_name = name or default_task_name(function)
 
     async def run_in_thread() -> Any:
-        return await anyio.to_thread.run_sync(target)
+        done = threading.Event()
+
+        def call() -> Any:
+            try:
+                return target()
+            finally:
+                done.set()
+
+        try:
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            await _wait_thread(done, task_name)
+            raise
 
     return run_in_thread
+
+
+async def _wait_thread(done: threading.Event, name: str) -> None:
+    """Wait (shielded, bounded) for a cancelled sync run's thread to finish."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(SYNC_STOP_TIMEOUT):
+            while not done.is_set():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+    if not done.is_set():
+        logger.warning(
+            "Task still running in its worker thread after %ss, abandoned: %s "
+            "(a thread cannot be interrupted; check current_run().lost to stop "
+            "early)",
+            SYNC_STOP_TIMEOUT,
+            name,
+        )
 
 
 _VARIADIC = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
@@ -85,12 +127,70 @@ def _has_parameters(function: Callable[..., Any]) -> bool:
         return False
 
 
+def backend_not_ready(exc: BaseException | None) -> bool:
+    """Whether `exc` (or its cause) says the backend is not connected yet."""
+    while exc is not None:
+        if isinstance(exc, BackendNotReadyError):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+class SyncErrorLog:
+    """Throttled ERROR logs of a task's backend errors (one per interval)."""
+
+    __slots__ = ("_last", "_name", "_suppressed")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def error(self, exc: SyncBackendError) -> None:
+        """Log a backend error: ERROR at most every `SYNC_ERROR_LOG_INTERVAL`."""
+        if backend_not_ready(exc):
+            # The application is starting: the broker is not connected yet.
+            logger.debug("Task skipped (backend not connected yet): %s", self._name)
+            return
+        now = time.monotonic()
+        if now - self._last >= SYNC_ERROR_LOG_INTERVAL:
+            suppressed = self._suppressed
+            extra = f" ({suppressed} similar errors not logged)" if suppressed else ""
+            logger.error(
+                "Task synchronization error: %s%s", self._name, extra, exc_info=exc
+            )
+            self._last = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+            logger.debug("Task synchronization error: %s: %r", self._name, exc)
+
+    def recovered(self) -> None:
+        """Note a successful attempt after errors (INFO once)."""
+        if self._last != -float("inf"):
+            logger.info("Task synchronization recovered: %s", self._name)
+            self._last = -float("inf")
+            self._suppressed = 0
+
+
+def lock_margin(max_lock_seconds: float) -> float:
+    """Seconds before a task lock's sure end at which a run counts as lost.
+
+    The run is cancelled (and the lock released) this long before the
+    server could expire the lock, so no other worker can start meanwhile.
+    """
+    return min(1.0, max(0.05, max_lock_seconds * 0.05))
+
+
 class IntervalTask:
     """Runs a function every `interval` seconds until cancelled.
 
     The wait is between the end of one attempt and the start of the next. An
     attempt checks, in order and each only if the previous succeeded: the
     leader election (no backend call), the task lock, the resource lock.
+    While a coordinated run lasts, it is supervised: the task lock is kept
+    (extended up to `max_lock_seconds`) and leadership watched; on a loss the
+    run is cancelled (`cancel_on_loss`) and `current_run().lost` turns True.
     """
 
     def __init__(
@@ -102,6 +202,7 @@ class IntervalTask:
         task_lock: TaskLock | None = None,
         leader: LeaderElection | None = None,
         sync: Synchronization | None = None,
+        cancel_on_loss: bool = True,
     ) -> None:
         self._name = name
         self.function = function
@@ -109,14 +210,14 @@ class IntervalTask:
         self.task_lock = task_lock
         self.leader = leader
         self.sync = sync
-        self._call = prepare_call(function)
-        self._last_sync_error_log = -float("inf")
-        self._sync_errors_suppressed = 0
+        self.cancel_on_loss = cancel_on_loss
+        self._is_async = is_async_callable(function)
+        self._call = prepare_call(function, name=name)
+        self._errors = SyncErrorLog(name)
         self.local = task_lock is None and leader is None and sync is None
-        #: One attempt for the scheduler: the bare call for local tasks (the
-        #: scheduler logs their exceptions), else the guarded attempt.
+        #: One attempt for the scheduler.
         self.attempt_once: Callable[[], Awaitable[Any]] = (
-            self._call if self.local else self.attempt
+            self._run_local if self.local else self.attempt
         )
 
     @property
@@ -132,95 +233,175 @@ class IntervalTask:
     ) -> None:
         """Run the loop until cancelled."""
         task_status.started()
-        attempt = self._run if self.local else self.attempt
         while True:
-            await attempt()
+            await self.attempt_once()
             await anyio.sleep(self.interval)
 
-    async def _run(self) -> None:
+    async def _run_local(self) -> None:
+        """One run on this worker, with no coordination."""
+        run = Run(name=self._name, scheduled_at=time.time())
+        token = set_current_run(run)
+        recorder = (
+            _metrics.start_run(self._name, scheduled_at=run.scheduled_timestamp)
+            if _metrics.ENABLED.on
+            else None
+        )
         try:
             await self._call()
-        except Exception:
+        except Exception as exc:
             logger.exception("Task execution error: %s", self._name)
+            if recorder is not None:
+                recorder.finish("error", exc)
+        else:
+            if recorder is not None:
+                recorder.finish("success")
+        finally:
+            reset_current_run(token)
+
+    def _skipped(self) -> None:
+        logger.debug("Task skipped: %s", self._name)
+        if _metrics.ENABLED.on:
+            _metrics.count_outcome(self._name, "skipped")
 
     async def attempt(self) -> None:
         """One attempt: pass the guards in order, then run the function."""
         leader = self.leader
         if leader is not None and not leader.is_leader():
-            logger.debug("Task skipped: %s", self._name)
+            self._skipped()
             return
         try:
-            if self.task_lock is None:
-                await self._run_with_resource()
-                return
             task_lock = self.task_lock
-            # Take the lock for its minimum hold only: a quick run then costs
-            # one round trip, the server expiring the hold by itself. A run
-            # still going halfway through the hold extends it to max.
-            if not await task_lock.try_acquire(hold=task_lock.min_lock_seconds):
-                logger.debug("Task skipped: %s", self._name)
-                return
-            started = time.monotonic()
-            try:
-                if task_lock.min_lock_seconds < task_lock.max_lock_seconds:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._extend_when_long, task_lock)
-                        try:
-                            await self._run_with_resource()
-                        finally:
-                            tg.cancel_scope.cancel()
-                else:
-                    await self._run_with_resource()
-            finally:
-                elapsed = time.monotonic() - started
-                if elapsed > task_lock.max_lock_seconds:
-                    logger.warning(
-                        "Task ran longer than max_lock_seconds: %s took %.3fs, "
-                        "max_lock_seconds=%s; another worker may have run it "
-                        "meanwhile",
-                        self._name,
-                        elapsed,
-                        task_lock.max_lock_seconds,
-                    )
-                with anyio.CancelScope(shield=True):
-                    await task_lock.release()
+            if task_lock is None:
+                await self._supervised(None)
+            else:
+                # Take the lock for its minimum hold only: a quick run then
+                # costs one round trip, the server expiring the hold by
+                # itself. A run still going halfway through the hold extends
+                # it (up to max_lock_seconds).
+                if not await task_lock.try_acquire(hold=task_lock.min_lock_seconds):
+                    self._skipped()
+                    return
+                try:
+                    await self._supervised(task_lock)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await task_lock.release()
         except SyncBackendError as exc:
-            self._log_sync_error(exc)
+            self._errors.error(exc)
         else:
-            self._sync_recovered()
+            self._errors.recovered()
 
-    async def _extend_when_long(self, task_lock: TaskLock) -> None:
-        """Extend the task lock to `max_lock_seconds` if the run lasts.
+    async def _supervised(self, task_lock: TaskLock | None) -> None:
+        """Run under supervision: keep the task lock, watch leadership."""
+        run = Run(
+            name=self._name,
+            scheduled_at=time.time(),
+            fencing_token=task_lock.fencing_token if task_lock is not None else None,
+        )
+        leader = self.leader
+        with anyio.CancelScope() as run_scope:
+            async with anyio.create_task_group() as watchers:
+                if task_lock is not None:
+                    watchers.start_soon(self._keep_lock, task_lock, run, run_scope)
+                if leader is not None:
+                    watchers.start_soon(
+                        self._watch_leader, leader, leader.term, run, run_scope
+                    )
+                try:
+                    await self._run_with_resource(run)
+                finally:
+                    watchers.cancel_scope.cancel()
 
-        It extends halfway through the hold the server surely keeps.
+    def _lost(self, run: Run, run_scope: anyio.CancelScope, message: str) -> None:
+        logger.warning(message, self._name)
+        run.mark_lost()
+        # A thread cannot be interrupted: a sync function sees `run.lost`.
+        if self.cancel_on_loss and self._is_async:
+            run_scope.cancel()
+
+    async def _keep_lock(
+        self, task_lock: TaskLock, run: Run, run_scope: anyio.CancelScope
+    ) -> None:
+        """Keep the task lock while the run lasts, up to `max_lock_seconds`.
+
+        Extensions go out halfway through the hold the server surely keeps.
+        When the lock cannot be kept (lost to another worker, or the backend
+        failing until the hold is about to end, or `max_lock_seconds`
+        reached), the run is lost `lock_margin()` before the lock could
+        expire on the server.
         """
-        halfway = task_lock.hold_until - task_lock.min_lock_seconds / 2
-        await anyio.sleep(max(halfway - time.monotonic(), 0.0))
-        try:
-            extended = await task_lock.extend()
-        except SyncBackendError as exc:
-            self._log_sync_error(exc)
-            return
-        if not extended:
-            logger.warning(
-                "Task lock lost while running: %s (the lock expired before it "
-                "could be extended; another worker may run the task meanwhile)",
-                self._name,
-            )
+        acquired_at = task_lock.acquired_at
+        assert acquired_at is not None
+        limit = acquired_at + task_lock.max_lock_seconds
+        margin = lock_margin(task_lock.max_lock_seconds)
+        while True:
+            sure = task_lock.hold_until
+            now = time.monotonic()
+            if sure >= limit - 0.001:
+                await anyio.sleep(max(sure - margin - time.monotonic(), 0.0))
+                self._lost(
+                    run,
+                    run_scope,
+                    "Task lock lost while running: %s (the run exceeded "
+                    f"max_lock_seconds={task_lock.max_lock_seconds}; "
+                    + (
+                        "cancelled before the lock could expire)"
+                        if self.cancel_on_loss
+                        else "another worker may run the task meanwhile)"
+                    ),
+                )
+                return
+            # A short hold (min_lock_seconds) gets a proportionate margin.
+            if sure - min(margin, (sure - acquired_at) / 4) <= now:
+                self._lost(
+                    run,
+                    run_scope,
+                    "Task lock lost while running: %s (the lock could not be "
+                    "extended before it expires)",
+                )
+                return
+            await anyio.sleep((sure - now) / 2)
+            # An extension in flight is never abandoned: the run's end waits
+            # for its answer, so the release that follows knows the hold.
+            with anyio.CancelScope(shield=True):
+                try:
+                    extended: bool | None = await task_lock.extend()
+                except SyncBackendError as exc:
+                    self._errors.error(exc)
+                    extended = None
+            if extended is False:
+                self._lost(
+                    run,
+                    run_scope,
+                    "Task lock lost while running: %s (the lock expired before "
+                    "it could be extended; another worker may run the task)",
+                )
+                return
 
-    async def _run_with_resource(self) -> None:
+    async def _watch_leader(
+        self,
+        leader: LeaderElection,
+        term: int,
+        run: Run,
+        run_scope: anyio.CancelScope,
+    ) -> None:
+        """Lose the run when this worker's leadership term ends."""
+        await leader.wait_term_end(term)
+        self._lost(run, run_scope, "Leadership lost while running: %s")
+
+    async def _run_with_resource(self, run: Run) -> None:
         sync = self.sync
         if sync is None:
-            await self._run_if_still_leader()
+            await self._run_if_still_leader(run)
             return
         if isinstance(sync, Lock):
             try:
                 await sync.acquire_nowait()
             except anyio.WouldBlock:
-                logger.debug("Task skipped: %s", self._name)
+                self._skipped()
                 return
             try:
-                await self._run_if_still_leader()
+                await self._run_if_still_leader(run)
             finally:
                 with anyio.CancelScope(shield=True):
                     await sync.release()
@@ -228,15 +409,15 @@ class IntervalTask:
         try:
             await sync.__aenter__()
         except anyio.WouldBlock:
-            logger.debug("Task skipped: %s", self._name)
+            self._skipped()
             return
         try:
-            await self._run_if_still_leader()
+            await self._run_if_still_leader(run)
         finally:
             with anyio.CancelScope(shield=True):
                 await sync.__aexit__(None, None, None)
 
-    async def _run_if_still_leader(self) -> None:
+    async def _run_if_still_leader(self, run: Run) -> None:
         """Run, unless leadership was lost while the locks were being taken.
 
         A lock call may answer late (a slow or frozen server): by then this
@@ -244,29 +425,33 @@ class IntervalTask:
         """
         leader = self.leader
         if leader is not None and not leader.is_leader():
-            logger.debug("Task skipped: %s", self._name)
+            self._skipped()
             return
-        await self._run()
-
-    def _log_sync_error(self, exc: SyncBackendError) -> None:
-        now = time.monotonic()
-        if now - self._last_sync_error_log >= SYNC_ERROR_LOG_INTERVAL:
-            suppressed = self._sync_errors_suppressed
-            extra = f" ({suppressed} similar errors not logged)" if suppressed else ""
-            logger.error(
-                "Task synchronization error: %s%s", self._name, extra, exc_info=exc
+        token = set_current_run(run)
+        recorder = (
+            _metrics.start_run(
+                self._name,
+                scheduled_at=run.scheduled_timestamp,
+                fencing_token=run.fencing_token,
             )
-            self._last_sync_error_log = now
-            self._sync_errors_suppressed = 0
-        else:
-            self._sync_errors_suppressed += 1
-            logger.debug("Task synchronization error: %s: %r", self._name, exc)
-
-    def _sync_recovered(self) -> None:
-        if self._last_sync_error_log != -float("inf"):
-            logger.info("Task synchronization recovered: %s", self._name)
-            self._last_sync_error_log = -float("inf")
-            self._sync_errors_suppressed = 0
+            if _metrics.ENABLED.on
+            else None
+        )
+        outcome, error = "success", None
+        try:
+            await self._call()
+        except Exception as exc:
+            outcome, error = "error", exc
+            logger.exception("Task execution error: %s", self._name)
+        except anyio.get_cancelled_exc_class():
+            outcome = "lost" if run.lost else "error"
+            raise
+        finally:
+            reset_current_run(token)
+            if run.lost and outcome == "success":
+                outcome = "lost"
+            if recorder is not None:
+                recorder.finish(outcome, error)
 
 
 class IntervalScheduler:

@@ -17,8 +17,8 @@ it too: anyio copies the context into the thread.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from datetime import datetime
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
@@ -42,22 +42,53 @@ class Run:
       sync function cannot be cancelled: it should check this and stop).
     """
 
-    __slots__ = ("_lost", "_lost_event", "fencing_token", "name", "scheduled_at")
+    __slots__ = (
+        "_lost",
+        "_lost_event",
+        "_scheduled",
+        "_scheduled_at",
+        "fencing_token",
+        "name",
+    )
 
     def __init__(
         self,
         *,
         name: Annotated[str, Doc("The task's name.")],
-        scheduled_at: Annotated[datetime, Doc("When the run was due (aware, UTC).")],
+        scheduled_at: Annotated[
+            datetime | float,
+            Doc("When the run was due: an aware datetime, or seconds since the epoch."),
+        ],
         fencing_token: Annotated[
             int | None, Doc("The fencing token of the run's lock or claim.")
         ] = None,
     ) -> None:
         self.name = name
-        self.scheduled_at = scheduled_at
+        if isinstance(scheduled_at, datetime):
+            self._scheduled_at: datetime | None = scheduled_at.astimezone(UTC)
+            self._scheduled = scheduled_at.timestamp()
+        else:
+            self._scheduled_at = None  # built on first read: most runs never ask
+            self._scheduled = scheduled_at
         self.fencing_token = fencing_token
         self._lost = False
         self._lost_event: anyio.Event | None = None
+
+    @property
+    def scheduled_at(self) -> datetime:
+        """When the run was due (aware, UTC): the cron fire time, or the
+        attempt's start for interval tasks."""
+        scheduled_at = self._scheduled_at
+        if scheduled_at is None:
+            scheduled_at = self._scheduled_at = datetime.fromtimestamp(
+                self._scheduled, UTC
+            )
+        return scheduled_at
+
+    @property
+    def scheduled_timestamp(self) -> float:
+        """`scheduled_at` in seconds since the epoch."""
+        return self._scheduled
 
     @property
     def lost(self) -> bool:
@@ -102,9 +133,15 @@ def current_run() -> Run:
     return run
 
 
-def set_current_run(run: Run | None) -> None:
-    """Make `run` the current run of this context (the run's own task)."""
-    _current.set(run)
+def set_current_run(run: Run | None) -> Token[Run | None]:
+    """Make `run` the current run of this context (call it in the run's own
+    task; reset the returned token in that same task, or never)."""
+    return _current.set(run)
 
 
-__all__ = ["Run", "current_run", "set_current_run"]
+def reset_current_run(token: Token[Run | None]) -> None:
+    """Undo `set_current_run` (in the task that set it)."""
+    _current.reset(token)
+
+
+__all__ = ["Run", "current_run", "reset_current_run", "set_current_run"]

@@ -147,14 +147,32 @@ class TaskRouter:
             str | UUID | None,
             Doc("Worker identity for the task lock; random when None."),
         ] = None,
+        cancel_on_loss: Annotated[
+            bool,
+            Doc(
+                "Cancel a coordinated run when its task lock cannot be kept "
+                "(or max_lock_seconds is reached) or leadership is lost; with "
+                "False the run goes on and only a WARNING is logged."
+            ),
+        ] = True,
     ) -> Callable[[F], F]:
         """Run the decorated function every `seconds` seconds.
 
         Without `max_lock_seconds` and `leader` it runs on every worker. With
         either, a `TaskLock` named after the task makes it run at most once
         per interval across all workers. Returns the function unchanged.
+
+        A coordinated run is supervised: its task lock is extended while it
+        lasts (up to `max_lock_seconds`) and, with `leader`, leadership is
+        watched. When either is lost, the run is cancelled before the lock
+        can expire on the server (`cancel_on_loss=True`; a sync function
+        cannot be interrupted and sees `current_run().lost` turn True) and a
+        WARNING names the task.
         """
         interval = number("seconds", seconds)
+        if not isinstance(cancel_on_loss, bool):
+            msg = f"cancel_on_loss must be a bool, got {cancel_on_loss!r}"
+            raise SettingsValidationError(msg)
         task_lock_settings = _lock_settings(
             interval, max_lock_seconds, min_lock_seconds, leader, sync
         )
@@ -203,6 +221,7 @@ class TaskRouter:
                     task_lock=lock,
                     leader=guard_leader,
                     sync=resource,
+                    cancel_on_loss=cancel_on_loss,
                 )
             )
             return function

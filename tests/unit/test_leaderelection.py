@@ -132,13 +132,35 @@ async def test_guard_enters_only_as_leader() -> None:
             assert leader.is_leader()
 
 
-async def test_running_twice_is_refused() -> None:
-    MemorySyncBackend()
+async def test_one_election_shared_by_two_managers() -> None:
+    # Issue 9 case 5: it used to raise "already running" in the second
+    # manager's task group. It runs once; both managers' tasks follow it, and
+    # the manager that did not start it does not stop it.
+    backend = MemorySyncBackend()
     leader = LeaderElection("e", **FAST)
-    async with running(leader):
-        await leader.wait_for_leader()
-        with pytest.raises(RuntimeError, match="already running"):
-            await leader()
+    runs = {"first": 0, "second": 0}
+    first, second = TaskManager(tasks=[leader]), TaskManager(tasks=[leader])
+
+    @first.interval(seconds=0.05, leader=leader, name="first")
+    async def in_first() -> None:
+        runs["first"] += 1
+
+    @second.interval(seconds=0.05, leader=leader, name="second")
+    async def in_second() -> None:
+        runs["second"] += 1
+
+    with anyio.fail_after(5):
+        async with first:
+            async with second:
+                await leader.wait_for_leader()
+                while not (runs["first"] and runs["second"]):
+                    await anyio.sleep(0.02)
+            # The second manager exited: the election still runs.
+            assert leader.running
+            await anyio.sleep(FAST["renew_deadline"] + 0.1)
+            assert leader.is_leader()
+        assert not leader.running
+    assert not await backend.locked(name="leader:e")
 
 
 def test_defaults() -> None:
