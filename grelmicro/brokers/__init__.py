@@ -20,9 +20,10 @@ does, and makes that backend the default for every primitive given no
 No second connection is opened: the backend waits for the broker to be
 connected by its application (the FastStream lifespan runs before the broker
 connects) and then uses `await broker.connect()`, which returns the client
-the broker already holds. At shutdown, the manager's tasks are stopped,
-releasing leadership and locks, before the application closes the broker
-(see `attach`). FastStream is imported only when a broker is given.
+the broker already holds. At shutdown, the application's own hook calls the
+manager's `stop()`, releasing leadership and locks, before it closes the
+broker (see `hook_shutdown`). FastStream is imported only when a broker is
+given.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Annotated, Any
 from typing_extensions import Doc
 
 from grelmicro.brokers._connection import BrokerConnection, BrokerNotConnectedError
-from grelmicro.brokers._shutdown import attach, stop_tasks
+from grelmicro.brokers._shutdown import hook_shutdown, stop_tasks
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import SyncSettingsValidationError
 
@@ -110,7 +111,7 @@ __all__ = [
     "SUPPORTED_BROKERS",
     "BrokerConnection",
     "BrokerNotConnectedError",
-    "attach",
     "backend_for",
+    "hook_shutdown",
     "stop_tasks",
 ]

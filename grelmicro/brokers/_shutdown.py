@@ -1,21 +1,18 @@
-"""Stop a manager's tasks before its broker closes.
+"""Stop the managers of a FastStream app before the app closes its broker.
 
 FastStream closes the broker *before* the code after the lifespan's `yield`
 runs: by the time `async with task:` exits, the connection the backend
 borrows is gone, and leadership and locks could not be released (the others
-would wait for the leases to expire). `attach()` fixes the order:
+would wait for the leases to expire). So a `TaskManager(broker=...)`, when
+entered, asks `hook_shutdown` to call its `stop()` from the application's
+own shutdown hook, which runs while the broker is still connected:
+`FastStream.on_shutdown` (also `AsgiFastStream`, and `TestApp`), or the
+FastAPI `StreamRouter.on_broker_shutdown`.
 
-- the manager starts its tasks in a task group hosted by a small runner task
-  (started in the manager's own task group), so they can be stopped from
-  another task and awaited;
-- a shutdown hook registered on the application that owns the broker
-  (`FastStream.on_shutdown`, which runs before the broker is stopped, or the
-  FastAPI `StreamRouter.on_broker_shutdown`) cancels those tasks and waits
-  until they have released what they hold, over the still-open connection.
-
-A broker that no application owns (started by hand in a FastAPI lifespan) has
-no hook: enter the manager inside the broker's lifetime and the normal exit
-order releases everything.
+One hook is registered per application, however many managers share it and
+however often they are entered. A broker that no application owns (started
+by hand in a FastAPI lifespan) has no hook: enter the manager inside the
+broker's lifetime, or `await manager.stop()` before `broker.stop()`.
 """
 
 from __future__ import annotations
@@ -24,10 +21,6 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import anyio
-from anyio import TASK_STATUS_IGNORED
-from anyio.abc import TaskGroup, TaskStatus
-
 from grelmicro.brokers._connection import owner_of, reset
 
 if TYPE_CHECKING:
@@ -35,99 +28,60 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("grelmicro.task")
 
-#: Upper bound, in seconds, on how long a shutdown hook waits for the tasks to
-#: release what they hold (each release is already bounded by its own timeout).
-SHUTDOWN_TIMEOUT = 10.0
 
-
-class _Runner:
-    """Hosts the task group a manager starts its tasks in."""
+class _AppManagers:
+    """The managers stopped by one application's shutdown hook."""
 
     def __init__(self) -> None:
-        self.group: TaskGroup | None = None
-        self.done = anyio.Event()
+        self.managers: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    async def run(
-        self, *, task_status: TaskStatus[TaskGroup] = TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            async with anyio.create_task_group() as group:
-                self.group = group
-                task_status.started(group)
-                await anyio.sleep_forever()
-        finally:
-            self.group = None
-            self.done.set()
-
-    async def stop(self) -> None:
-        group = self.group
-        if group is not None:
-            group.cancel_scope.cancel()
-        with anyio.move_on_after(SHUTDOWN_TIMEOUT) as scope:
-            await self.done.wait()
-        if scope.cancelled_caught:
-            logger.warning(
-                "Tasks did not stop within %ss of the broker's shutdown",
-                SHUTDOWN_TIMEOUT,
-            )
+    async def stop_all(self, *_: Any) -> None:
+        for manager in list(self.managers):
+            if manager.running:
+                logger.debug("Stopping tasks before the broker closes")
+                await manager.stop()
 
 
-class _Attachment:
-    """Per manager: the runner of the current run, the owners already hooked."""
-
-    def __init__(self) -> None:
-        self.runner: _Runner | None = None
-        self.hooked: list[Any] = []
-
-    async def stop(self) -> None:
-        runner = self.runner
-        if runner is not None:
-            logger.debug("Stopping tasks before the broker closes")
-            await runner.stop()
+_apps: weakref.WeakKeyDictionary[Any, _AppManagers] = weakref.WeakKeyDictionary()
+#: Applications that are not weak-referenceable, by id (kept for the process).
+_strong_apps: dict[int, tuple[Any, _AppManagers]] = {}
 
 
-_attachments: weakref.WeakKeyDictionary[Any, _Attachment] = weakref.WeakKeyDictionary()
+def hook_shutdown(manager: Any) -> None:
+    """Have the application owning `manager.broker` stop `manager` first.
 
-
-async def attach(manager: Any, task_group: TaskGroup) -> TaskGroup:
-    """Prepare `manager`, entered with `broker=`, for its broker's shutdown.
-
-    Call it from `TaskManager.__aenter__` once the backend is entered, and
-    start the tasks in the task group it returns. It starts, in
-    `task_group`, a runner hosting that group, and registers (once per
-    application) a hook on the application that owns the broker which stops
-    the tasks, and so releases leadership and locks, before the broker
-    closes. Cancelling `task_group` (the manager's exit) stops the runner
-    and its tasks too.
+    Called by `TaskManager.__aenter__` when it was given a broker.
     """
     broker = manager.broker
     reset(broker)
-    attachment = _attachments.get(manager)
-    if attachment is None:
-        attachment = _attachments[manager] = _Attachment()
-    runner = _Runner()
-    group: TaskGroup = await task_group.start(runner.run)
-    attachment.runner = runner
-    _hook_owner(attachment, owner_of(broker))
-    return group
-
-
-async def stop_tasks(manager: Any) -> None:
-    """Stop the tasks of `manager` now and wait until they released what they hold.
-
-    What the shutdown hooks call; also usable by hand, before stopping a
-    broker the manager borrows (`await stop_tasks(task); await broker.stop()`).
-    Does nothing when `manager` is not running with a broker.
-    """
-    attachment = _attachments.get(manager)
-    if attachment is not None:
-        await attachment.stop()
-
-
-def _hook_owner(attachment: _Attachment, owner: Any) -> None:
-    if owner is None or any(hooked is owner for hooked in attachment.hooked):
+    owner = owner_of(broker)
+    if owner is None:
         return
-    stop = attachment.stop
+    managers = _managers_of(owner)
+    if managers is not None:
+        managers.managers.add(manager)
+
+
+def _managers_of(owner: Any) -> _AppManagers | None:
+    try:
+        managers = _apps.get(owner)
+    except TypeError:  # not weak-referenceable
+        entry = _strong_apps.get(id(owner))
+        managers = entry[1] if entry is not None else None
+    if managers is not None:
+        return managers
+    managers = _AppManagers()
+    if not _register(owner, managers.stop_all):
+        return None
+    try:
+        _apps[owner] = managers
+    except TypeError:
+        _strong_apps[id(owner)] = (owner, managers)
+    return managers
+
+
+def _register(owner: Any, stop_all: Callable[..., Awaitable[None]]) -> bool:
+    """Register `stop_all` as `owner`'s hook that runs before its broker stops."""
     # FastStream's FastAPI StreamRouter: hooks receive the FastAPI app and run
     # right before the broker is stopped.
     on_broker_shutdown: Callable[[Callable[[Any], Awaitable[None]]], Any] | None = (
@@ -136,11 +90,10 @@ def _hook_owner(attachment: _Attachment, owner: Any) -> None:
     if callable(on_broker_shutdown):
 
         async def before_broker_shutdown(app: Any) -> None:
-            await stop()
+            await stop_all()
 
         on_broker_shutdown(before_broker_shutdown)
-        attachment.hooked.append(owner)
-        return
+        return True
     # FastStream / AsgiFastStream (and TestApp, which calls app.stop()):
     # on_shutdown hooks run before the broker is stopped.
     on_shutdown: Callable[[Callable[[], Awaitable[None]]], Any] | None = getattr(
@@ -149,12 +102,20 @@ def _hook_owner(attachment: _Attachment, owner: Any) -> None:
     if callable(on_shutdown):
 
         async def before_shutdown() -> None:
-            await stop()
+            await stop_all()
 
         on_shutdown(before_shutdown)
-        attachment.hooked.append(owner)
-        return
+        return True
     logger.debug(
         "No shutdown hook on %s: the tasks stop when the manager exits",
         type(owner).__name__,
     )
+    return False
+
+
+async def stop_tasks(manager: Any) -> None:
+    """Stop the tasks of `manager` now: the same as `await manager.stop()`.
+
+    Kept for code written against grelmicro 0.7.0's first releases.
+    """
+    await manager.stop()

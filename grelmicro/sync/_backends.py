@@ -9,10 +9,9 @@ runs, and resolve their backend when they are first used.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextvars import ContextVar, copy_context
+from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Self, TypeVar, cast
+from typing import Self, TypeVar, cast
 
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import BackendNotLoadedError
@@ -22,19 +21,28 @@ T = TypeVar("T")
 _loaded: list[SyncBackend] = []
 
 #: The backend of the `TaskManager(broker=...)` whose tasks run in this
-#: context. It is only ever set in a fresh copy of a context (never reset), so
-#: it needs no token and cannot leak: tasks started from that copy inherit it.
+#: context. The manager sets it around the creation of its tasks (which copy
+#: the context) and resets it right after, in the same task.
 _scoped: ContextVar[SyncBackend | None] = ContextVar(
     "grelmicro_scoped_backend", default=None
 )
 
 
-def run_with_backend(backend: SyncBackend, function: Callable[..., T], *args: Any) -> T:
-    """Call `function(*args)` in a copy of the current context whose default
-    backend is `backend`; tasks it starts keep that default."""
-    context = copy_context()
-    context.run(_scoped.set, backend)
-    return context.run(function, *args)
+def set_scoped_backend(backend: SyncBackend) -> Token[SyncBackend | None]:
+    """Make `backend` the default of the current context, for the tasks it
+    creates from now on (they copy the context); reset the token in the same
+    task with `reset_scoped_backend` once they are created."""
+    return _scoped.set(backend)
+
+
+def reset_scoped_backend(token: Token[SyncBackend | None]) -> None:
+    """Undo `set_scoped_backend` (in the task that set it)."""
+    _scoped.reset(token)
+
+
+def scoped_backend() -> SyncBackend | None:
+    """The backend of the manager whose task is running, if any."""
+    return _scoped.get()
 
 
 def register_backend(backend: SyncBackend) -> None:

@@ -12,10 +12,13 @@ class TaskError(GrelmicroError, RuntimeError):
 class TaskAddOperationError(TaskError):
     """A task or router was added after the manager (or router) started."""
 
-    def __init__(self) -> None:
+    def __init__(self, message: str | None = None) -> None:
         super().__init__(
-            "Could not add the task: the task manager has already started. Add tasks "
-            "and routers before entering the TaskManager"
+            message
+            or (
+                "Could not add the task: the task manager has already started. "
+                "Add tasks and routers before entering the TaskManager"
+            )
         )
 
 

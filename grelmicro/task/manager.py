@@ -7,20 +7,26 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskGroup, TaskStatus
+from typing_extensions import Doc
 
 from grelmicro.errors import OutOfContextError
-from grelmicro.sync._backends import loaded_backends, run_with_backend
+from grelmicro.sync._backends import (
+    loaded_backends,
+    reset_scoped_backend,
+    scoped_backend,
+    set_scoped_backend,
+)
 from grelmicro.sync._primitive import Primitive
 from grelmicro.sync.errors import BackendNotLoadedError
 from grelmicro.sync.leaderelection import LeaderElection
 from grelmicro.task._interval import IntervalScheduler, IntervalTask
 from grelmicro.task.abc import Task
+from grelmicro.task.errors import TaskAddOperationError, TaskError
 from grelmicro.task.router import TaskRouter
 
 if TYPE_CHECKING:
-    from typing_extensions import Doc
-
     from grelmicro.sync.abc import SyncBackend
 
 logger = logging.getLogger("grelmicro.task")
@@ -39,10 +45,13 @@ class TaskManager(TaskRouter):
         ...
     ```
 
-    With `broker=` (a FastStream `RedisBroker` or `NatsBroker`), every
-    primitive given no `backend=` uses that broker's connection while the
-    manager is entered. On exit the tasks are cancelled and awaited, and what
-    they hold (leadership, locks) is released.
+    `async with task:` returns once every task has started (called
+    `task_status.started()`). With `broker=` (a FastStream `RedisBroker` or
+    `NatsBroker`), every primitive given no `backend=` uses that broker's
+    connection while the manager is entered. `await task.stop()` (or the
+    exit) cancels the tasks, waits for them and releases what they hold
+    (leadership, locks); in a FastStream app this happens before the broker
+    closes.
     """
 
     def __init__(
@@ -69,7 +78,7 @@ class TaskManager(TaskRouter):
 
             self._broker_backend = backend_for(broker)
         self._task_group: TaskGroup | None = None
-        self._tasks_group: TaskGroup | None = None  # where tasks start (brokers.attach)
+        self._runner: _Runner | None = None
         self._running = False
 
     @property
@@ -82,20 +91,31 @@ class TaskManager(TaskRouter):
         """The backend built for `broker`, if any."""
         return self._broker_backend
 
+    @property
+    def running(self) -> bool:
+        """Whether the tasks are started and not stopped."""
+        return self._running
+
     async def __aenter__(self) -> Self:
-        """Enter the task group and, when `auto_start`, start every task."""
+        """Enter the task group and, when `auto_start`, start every task.
+
+        Returns once every task has started.
+        """
         if self._task_group is not None:
             msg = "TaskManager is already entered"
-            raise RuntimeError(msg)
+            raise TaskError(msg)
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
         try:
             if self._broker_backend is not None:
                 await self._broker_backend.__aenter__()
-                from grelmicro.brokers import attach
+                from grelmicro.brokers import hook_shutdown
 
-                self._tasks_group = await attach(self, task_group)
+                hook_shutdown(self)
+            runner = _Runner()
+            await task_group.start(runner.run)
+            self._runner = runner
             if self._auto_start:
                 await self.start()
         except BaseException:
@@ -106,27 +126,57 @@ class TaskManager(TaskRouter):
         return self
 
     async def start(self) -> None:
-        """Start every task; raises `OutOfContextError` outside `async with`."""
-        task_group = self._task_group
-        if task_group is None:
+        """Start every task and wait until each has started.
+
+        Raises `OutOfContextError` outside `async with`, and
+        `TaskAddOperationError` when the tasks were already started.
+        """
+        runner = self._runner
+        if self._task_group is None or runner is None:
             raise OutOfContextError(self, "start")
-        if self._running:
-            return
+        if self._running or runner.stopped:
+            msg = (
+                "Could not start the tasks: this TaskManager has already started "
+                "them (start() is called once per 'async with')"
+            )
+            raise TaskAddOperationError(msg)
         tasks = self.tasks
-        _check_backends(tasks)
-        self.do_mark_as_started()
-        task_group = self._tasks_group or task_group
-        self._running = True
         for leader in _missing_leaders(tasks):
             logger.debug("Starting leader election used by a task: %s", leader.name)
             tasks.append(leader)
-        if self._broker_backend is not None:
-            # Tasks started here see the broker's backend as their default,
-            # even if another manager (another broker) was entered later.
-            run_with_backend(self._broker_backend, _start_all, task_group, tasks)
-        else:
-            _start_all(task_group, tasks)
+        self._running = True
+        self.do_mark_as_started()
+        # Tasks started here see the broker's backend as their default, even
+        # if another manager (another broker) was entered later: the tasks
+        # copy this context when they are created.
+        token = (
+            set_scoped_backend(self._broker_backend)
+            if self._broker_backend is not None
+            else None
+        )
+        try:
+            _check_backends(tasks)
+            await _start_all(runner.group, tasks)
+        except BaseException:
+            self._running = False
+            raise
+        finally:
+            if token is not None:
+                reset_scoped_backend(token)
         logger.debug("Task manager started %d tasks", len(tasks))
+
+    async def stop(self) -> None:
+        """Stop the tasks now and wait until they released what they hold.
+
+        Leadership and locks are released (a task lock keeps only what is
+        left of its `min_lock_seconds`), so another worker takes over at
+        once. Idempotent; the manager stays entered until its exit. A
+        FastStream app calls it before it closes the broker.
+        """
+        runner = self._runner
+        self._running = False
+        if runner is not None:
+            await runner.stop()
 
     async def __aexit__(
         self,
@@ -134,20 +184,69 @@ class TaskManager(TaskRouter):
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        """Cancel the tasks, wait for them and release what they hold."""
+        """Stop the tasks, wait for them and release what they hold."""
         task_group = self._task_group
         if task_group is None:
-            return None
+            raise OutOfContextError(self, "__aexit__")
         try:
+            with anyio.CancelScope(shield=True):
+                await self.stop()
             task_group.cancel_scope.cancel()
             return await task_group.__aexit__(exc_type, exc_value, traceback)
         finally:
             self._task_group = None
-            self._tasks_group = None
+            self._runner = None
             self._running = False
             if self._broker_backend is not None:
                 with anyio.CancelScope(shield=True):
                     await self._broker_backend.__aexit__(None, None, None)
+
+
+class _Runner:
+    """Hosts the task group the tasks run in, so `stop()` can end them from
+    any task and wait until they released what they hold."""
+
+    def __init__(self) -> None:
+        self._group: TaskGroup | None = None
+        self._done = anyio.Event()
+        self.stopped = False
+
+    @property
+    def group(self) -> TaskGroup:
+        group = self._group
+        if group is None:
+            raise OutOfContextError("TaskManager", "start")
+        return group
+
+    async def run(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._group = None
+            self._done.set()
+
+    async def stop(self) -> None:
+        self.stopped = True
+        group = self._group
+        if group is not None:
+            group.cancel_scope.cancel()
+        with anyio.move_on_after(STOP_TIMEOUT) as scope:
+            await self._done.wait()
+        if scope.cancelled_caught:
+            logger.warning(
+                "Tasks did not stop within %ss (a backend call or a task ignores "
+                "cancellation)",
+                STOP_TIMEOUT,
+            )
+
+
+#: Upper bound, in seconds, on how long `stop()` waits for the tasks to end
+#: and release what they hold (each release is bounded by its own timeout;
+#: sync functions in threads by `SYNC_STOP_TIMEOUT`).
+STOP_TIMEOUT = 15.0
 
 
 def _missing_leaders(tasks: list[Task]) -> list[LeaderElection]:
@@ -162,34 +261,41 @@ def _missing_leaders(tasks: list[Task]) -> list[LeaderElection]:
     return missing
 
 
+def _primitives_of(task: Task) -> list[Primitive]:
+    if isinstance(task, Primitive):
+        return [task]
+    if isinstance(task, IntervalTask):
+        used: tuple[object, ...] = (task.leader, task.task_lock, task.sync)
+        return [p for p in used if isinstance(p, Primitive)]
+    resource = getattr(task, "resource_lock", None)
+    return [resource] if isinstance(resource, Primitive) else []
+
+
 def _check_backends(tasks: list[Task]) -> None:
-    """Fail before any task starts if a primitive would have no backend.
+    """Fail before any task starts if a primitive would have no backend, or
+    has a name its backend cannot store.
 
     A primitive given no `backend=` uses the default backend; when none is
     loaded, starting would only log errors forever (or crash a leader
     election), so raise `BackendNotLoadedError` now, naming the primitive.
     """
-    if loaded_backends():
-        return
+    loaded = bool(loaded_backends()) or scoped_backend() is not None
     for task in tasks:
-        primitives: list[Primitive] = []
-        if isinstance(task, Primitive):
-            primitives.append(task)
-        elif isinstance(task, IntervalTask):
-            for used in (task.leader, task.task_lock, task.sync):
-                if isinstance(used, Primitive):
-                    primitives.append(used)
-        for primitive in primitives:
-            if primitive.explicit_backend is None:
+        if getattr(task, "needs_default_backend", False) and not loaded:
+            raise BackendNotLoadedError(f"task {task.name!r}")
+        for primitive in _primitives_of(task):
+            if primitive.explicit_backend is None and not loaded:
                 raise BackendNotLoadedError(f"{primitive!r} (task {task.name!r})")
+            primitive.bind()
 
 
-def _start_all(task_group: TaskGroup, tasks: list[Task]) -> None:
-    """Start the interval tasks on one shared scheduler, the others on their own."""
+async def _start_all(group: TaskGroup, tasks: list[Task]) -> None:
+    """Start the interval tasks on one shared scheduler, the others on their
+    own; return once each has called `task_status.started()`."""
     interval_tasks = [task for task in tasks if type(task) is IntervalTask]
     if interval_tasks:
         scheduler = IntervalScheduler(interval_tasks)
-        task_group.start_soon(scheduler, name=scheduler.name)
+        await group.start(scheduler, name=scheduler.name)
     for task in tasks:
         if type(task) is not IntervalTask:
-            task_group.start_soon(task, name=f"grelmicro-task:{task.name}")
+            await group.start(task, name=f"grelmicro-task:{task.name}")
