@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from typing import Any
 
 import anyio
 
-from grelmicro.sync.errors import SyncBackendError
+from grelmicro.sync.errors import BackendNotReadyError, SyncBackendError
 
 logger = logging.getLogger("grelmicro.sync")
 
@@ -49,11 +50,20 @@ CONNECT_GRACE = 1.0
 #: Seconds between two checks while waiting for the broker to connect.
 POLL_INTERVAL = 0.01
 
+#: Seconds one backend call waits for the application to connect its broker
+#: before it gives up quietly (the task skips that attempt at DEBUG level).
+STARTUP_WAIT = 1.0
+
+#: Seconds after which a broker still not connected is an error (logged at
+#: ERROR by the tasks), not start-up.
+STARTUP_GRACE = 30.0
+
 
 class BrokerNotConnectedError(SyncBackendError):
     """The broker's connection is not open (not started yet, or closed)."""
 
     def __init__(self, broker: object, *, closed: bool) -> None:
+        self.closed = closed
         name = type(broker).__name__
         if closed:
             msg = (
@@ -68,15 +78,21 @@ class BrokerNotConnectedError(SyncBackendError):
         super().__init__(msg)
 
 
+class BrokerStartingError(BrokerNotConnectedError, BackendNotReadyError):
+    """The application has not connected its broker yet (it is starting)."""
+
+
 class _BrokerState:
     """What every backend of one broker shares: the connect lock, the seen flag."""
 
-    __slots__ = ("_lock", "_loop", "seen_connected")
+    __slots__ = ("_lock", "_loop", "seen_connected", "waiting_since")
 
     def __init__(self) -> None:
         self._lock: anyio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.seen_connected = False
+        #: Monotonic time of the first wait for the owner to connect it.
+        self.waiting_since: float | None = None
 
     def lock(self) -> anyio.Lock:
         # A lock belongs to one event loop (tests run one loop per test).
@@ -120,7 +136,9 @@ def owner_of(broker: Any) -> Any:
 
 def reset(broker: Any) -> None:
     """Forget that `broker` was seen connected (a new run is starting)."""
-    broker_state(broker).seen_connected = False
+    state = broker_state(broker)
+    state.seen_connected = False
+    state.waiting_since = None
 
 
 class BrokerConnection:
@@ -150,21 +168,31 @@ class BrokerConnection:
             raise BrokerNotConnectedError(broker, closed=True)
         async with state.lock():
             if not is_connected(broker):
-                await self._wait_or_connect(broker)
+                await self._wait_or_connect(broker, state)
             state.seen_connected = True
             return await broker.connect()
 
-    async def _wait_or_connect(self, broker: Any) -> None:
+    async def _wait_or_connect(self, broker: Any, state: _BrokerState) -> None:
         owner = owner_of(broker)
         if owner is not None:
-            logger.debug(
-                "Waiting for %s to connect %s",
-                type(owner).__name__,
-                type(broker).__name__,
-            )
-            while not is_connected(broker):  # noqa: ASYNC110
-                await anyio.sleep(POLL_INTERVAL)
-            return
+            # Wait a little for the application to connect it; then give up
+            # this call quietly (start-up), or loudly once it is overdue.
+            now = time.monotonic()
+            if state.waiting_since is None:
+                state.waiting_since = now
+                logger.debug(
+                    "Waiting for %s to connect %s",
+                    type(owner).__name__,
+                    type(broker).__name__,
+                )
+            with anyio.move_on_after(STARTUP_WAIT):
+                while not is_connected(broker):  # noqa: ASYNC110
+                    await anyio.sleep(POLL_INTERVAL)
+            if is_connected(broker):
+                return
+            if time.monotonic() - state.waiting_since < STARTUP_GRACE:
+                raise BrokerStartingError(broker, closed=False)
+            raise BrokerNotConnectedError(broker, closed=False)
         with anyio.move_on_after(CONNECT_GRACE):
             while not is_connected(broker):  # noqa: ASYNC110
                 await anyio.sleep(POLL_INTERVAL)

@@ -119,17 +119,30 @@ class TaskLock(Primitive):
     def _error(self) -> LockAcquireError:
         return LockAcquireError(name=self.name, token=self.worker)
 
-    async def _acquire(self, duration: float) -> FencedAcquire:
+    async def _acquire(
+        self, duration: float, *, extension: bool = False
+    ) -> FencedAcquire:
         started = time.perf_counter()
+        caps = self.caps
         try:
-            answer = await acquire_or_give_back(
-                self.caps,
-                name=self.key,
-                token=self.worker,
-                duration=duration,
-                error=self._error,
-                timeout=self._timeout,
-            )
+            if extension:
+                # The holding goes on whatever this answer: `release` ends it.
+                answer = await call_backend(
+                    lambda: caps.acquire(
+                        name=self.key, token=self.worker, duration=duration
+                    ),
+                    self._error,
+                    self._timeout,
+                )
+            else:
+                answer = await acquire_or_give_back(
+                    caps,
+                    name=self.key,
+                    token=self.worker,
+                    duration=duration,
+                    error=self._error,
+                    timeout=self._timeout,
+                )
         except Exception:
             if _metrics.ENABLED.on:
                 _metrics.lock_acquire(
@@ -226,7 +239,9 @@ class TaskLock(Primitive):
         # The server may apply this even if the answer never comes back:
         # `release` must then shorten the hold again.
         self._max_until = max(self._max_until, acquired_at + self.max_lock_seconds)
-        answer = await self._acquire(duration)
+        answer = await self._acquire(duration, extension=True)
+        if self._acquired_at != acquired_at:
+            return False  # released meanwhile: this late answer changes nothing
         if not answer.acquired:
             return False
         self._sure_until = started + duration

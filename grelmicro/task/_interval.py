@@ -173,6 +173,12 @@ class SyncErrorLog:
             self._suppressed = 0
 
 
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned extension's outcome (its error was handled)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def lock_margin(max_lock_seconds: float) -> float:
     """Seconds before a task lock's sure end at which a run counts as lost.
 
@@ -361,14 +367,16 @@ class IntervalTask:
                 )
                 return
             await anyio.sleep((sure - now) / 2)
-            # An extension in flight is never abandoned: the run's end waits
-            # for its answer, so the release that follows knows the hold.
-            with anyio.CancelScope(shield=True):
-                try:
-                    extended: bool | None = await task_lock.extend()
-                except SyncBackendError as exc:
-                    self._errors.error(exc)
-                    extended = None
+            # If the run ends while the extension is in flight, the extension
+            # goes on by itself (its answer is then ignored) and the release
+            # that follows shortens the hold again, sent after it.
+            extension = asyncio.ensure_future(task_lock.extend())
+            extension.add_done_callback(_consume)
+            try:
+                extended: bool | None = await asyncio.shield(extension)
+            except SyncBackendError as exc:
+                self._errors.error(exc)
+                extended = None
             if extended is False:
                 self._lost(
                     run,
