@@ -27,10 +27,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise DependencyNotFoundError(module="redis", extra="redis") from exc
 
-from grelmicro.sync.redis._backend import (
-    FIRE_DONE_RETENTION,
-    RedisSyncBackend,
-)
+from grelmicro.sync.redis._backend import RedisSyncBackend
 from grelmicro.sync.redis._config import milliseconds as _milliseconds
 from grelmicro.sync.redis._connection import (
     MAX_CONNECTIONS,
@@ -44,6 +41,7 @@ from grelmicro.sync.redis._errors import (
     RedisSyncBackendReplicationError,
     RedisSyncBackendTimeoutError,
 )
+from grelmicro.sync.redis._fires import FIRE_DONE_RETENTION
 
 __all__ = [
     "FIRE_DONE_RETENTION",

@@ -13,26 +13,25 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
 from grelmicro.sync._backends import RegisteredBackend, register_backend
-from grelmicro.sync.abc import FencedAcquire, FireRetake
+from grelmicro.sync.abc import FencedAcquire
 from grelmicro.sync.errors import SyncBackendError, SyncSettingsValidationError
 from grelmicro.sync.redis import _scripts as scripts
 from grelmicro.sync.redis._config import (
-    check_claimant,
-    check_fire,
     check_url,
     check_wait_replicas,
     milliseconds,
 )
 from grelmicro.sync.redis._connection import ClientSource, RedisClient
-from grelmicro.sync.redis._errors import ReplicaAcknowledgementMissingError, wrap
-from grelmicro.sync.redis._keys import fence_key, fire_key
+from grelmicro.sync.redis._errors import (
+    ReplicaAcknowledgementMissingError,
+    Unacknowledged,
+    wrap,
+)
+from grelmicro.sync.redis._fires import FireClaims
+from grelmicro.sync.redis._keys import fence_key
 
 if TYPE_CHECKING:
     from typing_extensions import Doc
-
-#: Seconds a completed leased fire stays known as completed (its lease key
-#: holds the completed marker), so that workers watching it stop.
-FIRE_DONE_RETENTION = 60.0
 
 #: Seconds between two looks at a lock in `wait_released` (no release
 #: notification on Redis yet: see docs/redis-topologies.md).
@@ -42,7 +41,7 @@ RELEASE_POLL_INTERVAL = 0.25
 WAIT_TIMEOUT = 1.0
 
 
-class RedisSyncBackend(RegisteredBackend):
+class RedisSyncBackend(FireClaims, RegisteredBackend):
     """A `SyncBackend` storing locks in Redis.
 
     Give a URL (`redis://`, `rediss://` or `unix://`), or a client, or nothing
@@ -237,7 +236,7 @@ class RedisSyncBackend(RegisteredBackend):
                 return await send(client)
             async with limit:
                 return await send(client)
-        except (SyncBackendError, _Unacknowledged):
+        except (SyncBackendError, Unacknowledged):
             raise
         except Exception as exc:
             raise wrap(operation, name, exc) from exc
@@ -253,7 +252,7 @@ class RedisSyncBackend(RegisteredBackend):
     ) -> int:
         """Run `script`; with `replicated` and `wait_replicas`, WAIT in the same trip.
 
-        A missing acknowledgement raises `_Unacknowledged` for the caller to
+        A missing acknowledgement raises `Unacknowledged` for the caller to
         give the write back.
         """
 
@@ -281,7 +280,7 @@ class RedisSyncBackend(RegisteredBackend):
     ) -> int:
         """EVALSHA then WAIT on the same connection (one pipeline, one round trip).
 
-        Raises `_Unacknowledged` (carrying the script's answer) when fewer than
+        Raises `Unacknowledged` (carrying the script's answer) when fewer than
         `wait_replicas` replicas acknowledged the write in `wait_timeout`.
         """
         for use_sha in (True, False):
@@ -305,8 +304,9 @@ class RedisSyncBackend(RegisteredBackend):
                 raise result
             if isinstance(acks, BaseException):
                 raise acks
-            if int(acks) < self._wait_replicas:
-                raise _Unacknowledged(int(result), int(acks))
+            # The replicated scripts answer > 0 exactly when they wrote.
+            if int(result) > 0 and int(acks) < self._wait_replicas:
+                raise Unacknowledged(int(result), int(acks))
             return int(result)
         raise AssertionError  # pragma: no cover - the loop always returns
 
@@ -329,12 +329,12 @@ class RedisSyncBackend(RegisteredBackend):
                 ms,
                 replicated=True,
             )
-        except _Unacknowledged as exc:
+        except Unacknowledged as exc:
             await self._give_back(exc, operation, name, token)
             raise  # pragma: no cover - _give_back raises
 
     async def _give_back(
-        self, exc: _Unacknowledged, operation: str, name: str, token: str
+        self, exc: Unacknowledged, operation: str, name: str, token: str
     ) -> None:
         """An unacknowledged acquisition: release it (best effort), then raise."""
         if exc.answer > 0:
@@ -447,158 +447,6 @@ class RedisSyncBackend(RegisteredBackend):
                 await anyio.sleep(left / 1000)
                 if not await self.locked(name=name):
                     return
-
-    # Cron fire claims ----------------------------------------------------------
-
-    async def last_fire(
-        self, *, name: Annotated[str, Doc("The task key.")]
-    ) -> int | None:
-        """The latest fire claimed for `name`; None when none was ever claimed."""
-        _key, fence = self._keys(name)
-        value = await self._call(
-            "last_fire", name, lambda client: client.hget(fence, "fire")
-        )
-        return None if value is None else int(value)
-
-    async def claim_fire(
-        self,
-        *,
-        name: Annotated[str, Doc("The task key.")],
-        fire: Annotated[int, Doc("The fire time, ms since the Unix epoch.")],
-        token: Annotated[str, Doc("The claimant's token.")],
-        lease: Annotated[
-            float | None,
-            Doc("None: the claim is final; else a lease of that many seconds."),
-        ],
-    ) -> int | None:
-        """Claim `fire` if it is later than every fire claimed before for `name`.
-
-        One script: compare with the name's high-water mark, move it, issue a
-        fencing token from the name's counter and, with `lease`, write the
-        fire's lease key (expiring on the server).
-        """
-        check_fire(fire)
-        check_claimant(token)
-        ms = "" if lease is None else milliseconds(lease, "lease")
-        key, fence = self._keys(name)
-        try:
-            answer = await self._eval(
-                "claim_fire",
-                name,
-                scripts.CLAIM_FIRE_SCRIPT,
-                (fence, fire_key(key, self._prefix, fire)),
-                fire,
-                token,
-                ms,
-                replicated=True,
-            )
-        except _Unacknowledged as exc:
-            # The claim cannot be given back (the fire would run twice):
-            # report it; the fire is lost on this worker unless it is leased.
-            exc.answer = 0
-            await self._give_back(exc, "claim_fire", name, token)
-            raise  # pragma: no cover
-        return answer if answer > 0 else None
-
-    async def keep_fire(
-        self,
-        *,
-        name: Annotated[str, Doc("The task key.")],
-        fire: Annotated[int, Doc("The fire time, ms since the Unix epoch.")],
-        token: Annotated[str, Doc("The claimant's token.")],
-        lease: Annotated[float, Doc("The new lease in seconds, from now.")],
-    ) -> bool:
-        """Extend the lease on `fire`; False when `token` no longer holds it."""
-        check_fire(fire)
-        check_claimant(token)
-        ms = milliseconds(lease, "lease")
-        lease_key = fire_key(self._prefix + name, self._prefix, fire)
-        return (
-            await self._eval(
-                "keep_fire", name, scripts.KEEP_FIRE_SCRIPT, (lease_key,), token, ms
-            )
-            == 1
-        )
-
-    async def finish_fire(
-        self,
-        *,
-        name: Annotated[str, Doc("The task key.")],
-        fire: Annotated[int, Doc("The fire time, ms since the Unix epoch.")],
-        token: Annotated[str, Doc("The claimant's token.")],
-    ) -> bool:
-        """Mark a leased fire completed: it is never run again, the lease ends.
-
-        The lease key then holds the completed marker for
-        `FIRE_DONE_RETENTION` seconds. False when `token` no longer holds it.
-        """
-        check_fire(fire)
-        check_claimant(token)
-        lease_key = fire_key(self._prefix + name, self._prefix, fire)
-        retention = milliseconds(FIRE_DONE_RETENTION)
-        return (
-            await self._eval(
-                "finish_fire",
-                name,
-                scripts.FINISH_FIRE_SCRIPT,
-                (lease_key,),
-                token,
-                retention,
-            )
-            == 1
-        )
-
-    async def retake_fire(
-        self,
-        *,
-        name: Annotated[str, Doc("The task key.")],
-        fire: Annotated[int, Doc("The fire time, ms since the Unix epoch.")],
-        token: Annotated[str, Doc("The new claimant's token.")],
-        lease: Annotated[float, Doc("The lease in seconds.")],
-    ) -> FireRetake:
-        """Take over a leased fire whose claimant's lease lapsed unfinished."""
-        check_fire(fire)
-        check_claimant(token)
-        ms = milliseconds(lease, "lease")
-        key, fence = self._keys(name)
-        lease_key = fire_key(key, self._prefix, fire)
-        try:
-            answer = await self._eval(
-                "retake_fire",
-                name,
-                scripts.RETAKE_FIRE_SCRIPT,
-                (fence, lease_key),
-                fire,
-                token,
-                ms,
-                replicated=True,
-            )
-        except _Unacknowledged as exc:
-            if exc.answer > 0:  # give the lease back: it may come back to us
-                with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(SyncBackendError):
-                        await self._eval(
-                            "retake_fire",
-                            name,
-                            scripts.RELEASE_SCRIPT,
-                            (lease_key,),
-                            token,
-                        )
-            exc.answer = 0
-            await self._give_back(exc, "retake_fire", name, token)
-            raise  # pragma: no cover
-        if answer == -1:
-            return FireRetake(None, done=True)
-        return FireRetake(answer if answer > 0 else None, done=False)
-
-
-class _Unacknowledged(Exception):
-    """A write fewer replicas than `wait_replicas` acknowledged in time."""
-
-    def __init__(self, answer: int, acks: int) -> None:
-        super().__init__(answer, acks)
-        self.answer = answer
-        self.acks = acks
 
 
 def _remaining(answer: int) -> float:

@@ -39,6 +39,15 @@ class RedisSyncBackendReplicationError(RedisSyncBackendError):
     """
 
 
+class Unacknowledged(Exception):
+    """A write fewer replicas than `wait_replicas` acknowledged in time."""
+
+    def __init__(self, answer: int, acks: int) -> None:
+        super().__init__(answer, acks)
+        self.answer = answer
+        self.acks = acks
+
+
 class ReplicaAcknowledgementMissingError(Exception):
     """The cause of a `RedisSyncBackendReplicationError`."""
 
