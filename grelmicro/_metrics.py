@@ -13,9 +13,16 @@ Instruments (meter and tracer name ``grelmicro``, durations in seconds):
 
 - ``grelmicro.task.runs`` counter: ``task.name``, ``task.outcome``, and
   ``error.type`` for ``error``.
-- ``grelmicro.task.duration`` histogram: ``task.name``, ``task.outcome``.
+- ``grelmicro.task.duration`` histogram: ``task.name``, ``task.outcome``
+  (and ``error.type``).
 - ``grelmicro.task.lag`` histogram (start minus scheduled time): ``task.name``.
 - ``grelmicro.task.active`` up-down counter: ``task.name``.
+
+The runs counter and the active up-down counter are asynchronous
+(observable) instruments: runs are counted in dicts and reported when the
+metrics are collected. This spares three SDK measurements per run (each
+costs microseconds: the SDK checks and hashes the attributes every time),
+leaving two per run (lag and duration) when a provider is configured.
 - ``grelmicro.leader.status`` gauge (1 leader, 0 not): ``election.name``.
 - ``grelmicro.leader.transitions`` counter (times this worker became the
   leader): ``election.name``.
@@ -154,8 +161,11 @@ class _Instruments:
         from grelmicro import __version__
 
         meter = provider.get_meter(METER_NAME, __version__)
-        self.runs = meter.create_counter(
+        #: Runs per (task, outcome, error type), reported by grelmicro.task.runs.
+        self.runs: dict[tuple[str, str, str | None], int] = {}
+        meter.create_observable_counter(
             "grelmicro.task.runs",
+            callbacks=[self._observe_runs],
             unit="{run}",
             description="Runs of tasks, by outcome.",
         )
@@ -171,8 +181,11 @@ class _Instruments:
             "Start of a run minus its scheduled time.",
             LAG_BUCKETS,
         )
-        self.active = meter.create_up_down_counter(
+        #: Runs in progress per task, reported by `grelmicro.task.active`.
+        self.active: dict[str, int] = {}
+        meter.create_observable_up_down_counter(
             "grelmicro.task.active",
+            callbacks=[self._observe_active],
             unit="{run}",
             description="Runs in progress.",
         )
@@ -203,6 +216,22 @@ class _Instruments:
                 unit="1",
                 description=description,
             )
+
+    def _observe_runs(self, _options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [
+            Observation(count, _outcome_attrs(*key))
+            for key, count in list(self.runs.items())
+        ]
+
+    def _observe_active(self, _options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [
+            Observation(count, _task_attrs(name))
+            for name, count in list(self.active.items())
+        ]
 
     def _observe_leaders(self, _options: Any) -> Iterable[Any]:
         from opentelemetry.metrics import Observation
@@ -501,7 +530,8 @@ class _Recorder(RunRecorder):
             attributes = _task_attrs(name)
             lag = _time() - scheduled_at
             instruments.lag.record(lag if lag > 0.0 else 0.0, attributes)
-            instruments.active.add(1, attributes)
+            active = instruments.active
+            active[name] = active.get(name, 0) + 1
         self._started = _monotonic()
 
     def set_fencing_token(self, token: int | None) -> None:
@@ -514,10 +544,13 @@ class _Recorder(RunRecorder):
         elapsed = _monotonic() - self._started
         instruments = self._instruments
         if instruments is not None:
-            instruments.active.add(-1, _task_attrs(self._name))
+            active = instruments.active
+            active[self._name] -= 1
             error_type = _error_type(error) if outcome == "error" else None
+            key = (self._name, outcome, error_type)
+            runs = instruments.runs
+            runs[key] = runs.get(key, 0) + 1
             attributes = _outcome_attrs(self._name, outcome, error_type)
-            instruments.runs.add(1, attributes)
             instruments.duration.record(elapsed, attributes)
         span = self._span
         if span is None:
@@ -567,7 +600,9 @@ def count_outcome(name: str, outcome: str) -> None:
         return
     instruments = _state.instruments
     if instruments is not None:
-        instruments.runs.add(1, _outcome_attrs(name, outcome, None))
+        key = (name, outcome, None)
+        runs = instruments.runs
+        runs[key] = runs.get(key, 0) + 1
 
 
 def lock_acquire(kind: str, outcome: str, seconds: float) -> None:
