@@ -49,8 +49,10 @@ environment variables, which are honoured).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -495,7 +497,15 @@ _NOOP_RECORDER = RunRecorder()
 class _Recorder(RunRecorder):
     """A run being recorded: lag at start, then counts, duration and span."""
 
-    __slots__ = ("_instruments", "_name", "_span", "_started", "_token", "_tracing")
+    __slots__ = (
+        "_instruments",
+        "_name",
+        "_owner",
+        "_span",
+        "_started",
+        "_token",
+        "_tracing",
+    )
 
     def __init__(
         self,
@@ -510,6 +520,7 @@ class _Recorder(RunRecorder):
         self._tracing = tracing
         self._span: Any = None
         self._token: Any = None
+        self._owner: object = None
         if tracing is not None:
             attributes: dict[str, Any] = {
                 "task.name": name,
@@ -526,6 +537,7 @@ class _Recorder(RunRecorder):
             # The run's span is the current span until `finish`: spans the
             # task function creates are its children.
             self._token = tracing.attach(tracing.set_in(span))
+            self._owner = _context_owner()
         if instruments is not None:
             attributes = _task_attrs(name)
             lag = _time() - scheduled_at
@@ -564,11 +576,22 @@ class _Recorder(RunRecorder):
             if error is not None:
                 span.record_exception(error)
             span.set_status(tracing.error_status(_describe(error)))
-        # Restore the context only where start_run set it (the same task).
-        if tracing.get_current_span() is span:
+        # Restore the context only where start_run set it: the same task (a
+        # context token cannot be reset from another context, and the
+        # task's context dies with it anyway).
+        if _context_owner() == self._owner and tracing.get_current_span() is span:
             tracing.detach(self._token)
         self._token = None
         span.end()
+
+
+def _context_owner() -> object:
+    """The asyncio task running now, else the thread: whose context it is."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        task = None
+    return task if task is not None else threading.get_ident()
 
 
 def _describe(error: BaseException | None) -> str:

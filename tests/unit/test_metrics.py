@@ -388,3 +388,44 @@ def test_traces_only(otel: Otel) -> None:
     _metrics.leader_status("e", True)
     assert len(otel.spans()) == 1
     assert otel.metrics() == {}
+
+
+@pytest.mark.anyio
+async def test_span_current_in_the_run_task(otel: Otel) -> None:
+    """Started and finished in one asyncio task: the context is restored."""
+    import anyio
+
+    async def run() -> None:
+        before = trace.get_current_span()
+        recorder = _metrics.start_run("job", scheduled_at=time.time())
+        await anyio.sleep(0)
+        assert trace.get_current_span().get_span_context().is_valid
+        recorder.finish("success")
+        assert trace.get_current_span() is before
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+    assert len(otel.spans()) == 1
+
+
+@pytest.mark.anyio
+async def test_finish_in_another_task(
+    otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finished in a child task: the span ends, no context error is logged."""
+    import anyio
+    from opentelemetry import context
+
+    recorder = _metrics.start_run("job", scheduled_at=time.time())
+    token = recorder._token  # type: ignore[attr-defined]
+
+    async def finish() -> None:
+        recorder.finish("success")
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(finish)
+    finally:
+        context.detach(token)  # this test's own clean-up
+    assert [span.name for span in otel.spans()] == ["grelmicro.task.run"]
+    assert "Failed to detach context" not in caplog.text
