@@ -345,3 +345,44 @@ async def test_leader_handover(otel: Otel, backend_case: BackendCase) -> None:
         dict(key)["lock.outcome"] for key in busy if dict(key)["lock.kind"] == "leader"
     }
     assert {"acquired", "busy"} <= outcomes_seen
+
+
+async def test_cron_runs_and_missed_fires(otel: Otel) -> None:
+    """Cron fires that ran count success; fires nobody ran count missed."""
+    if not hasattr(TaskManager, "cron"):
+        pytest.skip("cron tasks are not available")
+    executions = 0
+    async with MemorySyncBackend() as backend:
+
+        def make_manager() -> TaskManager:
+            manager = TaskManager()
+
+            @manager.cron(
+                "* * * * * *",
+                name="every-second",
+                backend=backend,
+                misfire_grace_seconds=0.5,
+            )
+            async def every_second() -> None:
+                nonlocal executions
+                executions += 1
+
+            return manager
+
+        async with make_manager():
+            with anyio.fail_after(10):
+                while executions < 2:
+                    await anyio.sleep(0.05)
+        ran = executions
+        assert outcomes(otel, "every-second") == {"success": ran}
+        assert histogram_count(otel, "grelmicro.task.lag", "every-second") == ran
+        # Nobody up for 3 fires: when a worker is back, they are missed (the
+        # most recent one may still run, within misfire_grace_seconds).
+        await anyio.sleep(3.2)
+        async with make_manager():
+            await anyio.sleep(1.5)
+    counted = outcomes(otel, "every-second")
+    assert counted["success"] == executions
+    assert counted.get("missed", 0) >= 2, counted
+    spans = task_spans(otel, "every-second")
+    assert len(spans) == executions  # a missed fire has no span
