@@ -154,7 +154,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.warmup),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(args.root)
     done = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
@@ -164,9 +164,12 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def parent(args: argparse.Namespace) -> None:
     """Run every case `rounds` times, alternating; print the table."""
-    results: dict[str, list[dict[str, Any]]] = {case: [] for case in CASES}
+    cases = args.cases
+    results: dict[str, list[dict[str, Any]]] = {case: [] for case in cases}
     for round_index in range(args.rounds):
-        for case in CASES:
+        # Alternate the order: a case is not always first after a pause.
+        order = cases if round_index % 2 == 0 else list(reversed(cases))
+        for case in order:
             result = run_case(case, args)
             results[case].append(result)
             print(
@@ -175,7 +178,7 @@ def parent(args: argparse.Namespace) -> None:
                 file=sys.stderr,
             )
     rows = []
-    for case in CASES:
+    for case in cases:
         cpu = statistics.median(r["cpu_per_s"] for r in results[case])
         rate = statistics.median(r["runs_per_s"] for r in results[case])
         rows.append((case, cpu, rate, results[case][0]))
@@ -208,6 +211,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="window")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=CASES,
+        default=list(CASES),
+        help="the cases to compare (the first is the reference)",
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="the source tree whose grelmicro is measured (e.g. an export of an "
+        "older commit, to compare with a scheduler without the hooks)",
+    )
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
