@@ -50,8 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def run_worker(args: argparse.Namespace) -> dict[str, int]:
-    """Run the manager for `--duration` seconds; the runs counted, by outcome."""
+async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the manager for `--duration` seconds; what the metrics counted."""
     from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -85,27 +85,30 @@ async def run_worker(args: argparse.Namespace) -> dict[str, int]:
         with anyio.move_on_after(args.duration):
             async with manager:
                 await anyio.sleep_forever()
-    return runs_by_outcome(reader, TASK)
+    return collect(reader, TASK)
 
 
-def runs_by_outcome(reader: Any, task: str) -> dict[str, int]:
-    """``grelmicro.task.runs`` of `task` in `reader`, summed by outcome."""
-    found: dict[str, int] = {}
+def collect(reader: Any, task: str) -> dict[str, Any]:
+    """From `reader`, for `task`: ``runs`` by outcome, and the points of the
+    ``lag`` and ``duration`` histograms."""
+    runs: dict[str, int] = {}
+    points = {"lag": 0, "duration": 0}
     data = reader.get_metrics_data()
-    if data is None:
-        return found
-    for resource in data.resource_metrics:
+    for resource in data.resource_metrics if data is not None else ():
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
-                if metric.name != "grelmicro.task.runs":
-                    continue
                 for point in metric.data.data_points:
                     attributes = dict(point.attributes)
                     if attributes.get("task.name") != task:
                         continue
-                    outcome = str(attributes["task.outcome"])
-                    found[outcome] = found.get(outcome, 0) + int(point.value)
-    return found
+                    if metric.name == "grelmicro.task.runs":
+                        outcome = str(attributes["task.outcome"])
+                        runs[outcome] = runs.get(outcome, 0) + int(point.value)
+                    elif metric.name == "grelmicro.task.lag":
+                        points["lag"] += int(point.count)
+                    elif metric.name == "grelmicro.task.duration":
+                        points["duration"] += int(point.count)
+    return {"runs": runs, **points}
 
 
 def main() -> None:
@@ -195,7 +198,8 @@ def test_fleet_success_runs_equal_executions(
     assert all(p.returncode == 0 for p in processes), worker_logs(logs)
 
     executions = [line for line in out.read_text().splitlines() if line]
-    counts = [json.loads(dump.read_text()) for dump in dumps]
+    dumped = [json.loads(dump.read_text()) for dump in dumps]
+    counts: list[dict[str, int]] = [d["runs"] for d in dumped]
     successes = sum(count.get("success", 0) for count in counts)
     assert executions, "no execution at all"
     assert successes == len(executions), (counts, len(executions))
@@ -204,6 +208,12 @@ def test_fleet_success_runs_equal_executions(
         mine = sum(1 for line in executions if line.split()[0] == f"w{index}")
         assert count.get("success", 0) == mine, (index, count, mine)
     assert not any(count.get("error") for count in counts), counts
+    for count, d in zip(counts, dumped, strict=True):
+        # One lag point per run that started, one duration point per run
+        # that ended (a run cut off by the shutdown may have only its lag).
+        ended = sum(n for o, n in count.items() if o not in ("skipped", "missed"))
+        assert d["duration"] == ended, d
+        assert ended <= d["lag"] <= ended + 1, d
     if kind == "interval":
         # The workers that found the task lock held counted skipped runs.
         assert sum(count.get("skipped", 0) for count in counts) > 0, counts
