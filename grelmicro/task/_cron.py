@@ -55,6 +55,9 @@ SYNC_ERROR_LOG_INTERVAL = 30.0
 #: Longest single sleep while waiting for a fire: the wall clock is read again
 #: at least this often, so a clock step (NTP) is followed.
 MAX_SLEEP = 30.0
+#: The clock skew between workers the claims tolerate, in seconds. A worker
+#: starting up never marks as missed a fire due less than this long ago.
+CLOCK_SKEW = 2.0
 #: At most this many missed fires are counted (the WARNING says "at least").
 MISSED_COUNT_LIMIT = 100_000
 
@@ -252,6 +255,10 @@ class CronTask:
             return
         grace = self.misfire_grace_seconds
         run_it = grace is None or now - due <= grace
+        if not run_it and now - due <= CLOCK_SKEW:
+            # Too old to run here, but recent enough that workers with
+            # slower clocks may be about to claim it on time: leave it.
+            return
         fence = await self._claim(
             backend, task_group, due, run=run_it, final=not run_it
         )

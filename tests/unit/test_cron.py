@@ -735,3 +735,36 @@ async def test_with_a_manager_and_the_wall_clock() -> None:
     for run in seen:
         assert run.scheduled_at.microsecond == 0
         assert run.fencing_token is not None
+
+
+async def test_a_just_due_fire_beyond_the_grace_is_left_to_live_workers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A starting worker whose clock runs ahead must not take a fire away
+    from live workers whose clocks are behind: within the 2 s of tolerated
+    skew, a fire too old for its grace is neither run nor marked missed."""
+    backend = MemorySyncBackend(auto_register=False)
+    assert await backend.claim_fire(
+        name="cron:job", fire=int((T0 + 20) * 1000), token="live", lease=None
+    )
+    starting = Recorder()
+    clock = FakeClock(T0 + 31.5)  # 1.5 s past the fire of T0 + 30
+    task = make_task(
+        starting,
+        "*/10 * * * * *",
+        clock=clock,
+        backend=backend,
+        misfire_grace_seconds=0.5,
+    )
+    with caplog.at_level(logging.WARNING, logger="grelmicro.task"):
+        async with anyio.create_task_group() as tg:
+            await tg.start(task)
+            await wait_all_tasks_blocked()
+            # A live worker, its clock 1.5 s behind, claims the fire on time.
+            live = await backend.claim_fire(
+                name="cron:job", fire=int((T0 + 30) * 1000), token="live", lease=None
+            )
+            tg.cancel_scope.cancel()
+    assert live is not None
+    assert starting.runs == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
