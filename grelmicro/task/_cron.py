@@ -201,9 +201,6 @@ class CronTask(SyncErrorLog):
         Nothing is missed on the very first start (no fire was ever claimed):
         the schedule begins with the next fire.
         """
-        due = self.schedule.latest_at_or_before(now)
-        if due is None:
-            return
         try:
             stored = await self._backend_call(
                 lambda: backend.last_fire(name=self.key), "last_fire"
@@ -211,7 +208,10 @@ class CronTask(SyncErrorLog):
         except SyncBackendError as exc:
             self._log_sync_error(exc)
             return
-        if stored is None or stored >= to_ms(due):
+        if stored is None:
+            return
+        due = self.schedule.latest_at_or_before(now)
+        if due is None or stored >= to_ms(due):
             return
         grace = self.misfire_grace_seconds
         run_it = grace is None or now - due <= grace
