@@ -13,7 +13,8 @@ clock (both workers are in this process, so their monotonic clocks are one).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -59,7 +60,7 @@ async def stepdown(urls: list[str], bucket: str) -> tuple[str, str]:
         await client.close()
 
 
-async def retrying(call: Callable[[], Any]) -> Any:
+async def retrying(call: Callable[[], Awaitable[Any]]) -> Any:
     """`call()`, again while the stream has no leader (elections take seconds)."""
     with anyio.fail_after(30):
         while True:
@@ -84,22 +85,22 @@ async def test_stream_leader_change_never_ends_a_lease_early(
     leaders: set[str] = set()
     try:
         async with a, b:
-            await retrying(lambda: a.locked(name="warm-up"))
+            await retrying(partial(a.locked, name="warm-up"))
             for index in range(ROUNDS):
                 lock = f"lock:round-{index}"
                 sent = time.monotonic()
                 assert await retrying(
-                    lambda lock=lock: a.acquire(name=lock, token="a", duration=LEASE)
+                    partial(a.acquire, name=lock, token="a", duration=LEASE)
                 )
                 # B sees A's write, then the leader changes under both.
                 assert not await retrying(
-                    lambda lock=lock: b.acquire(name=lock, token="b", duration=30)
+                    partial(b.acquire, name=lock, token="b", duration=30)
                 )
                 old, new = await stepdown(urls, BUCKET)
                 leaders.update((old, new))
                 while True:
                     if await retrying(
-                        lambda lock=lock: b.acquire(name=lock, token="b", duration=30)
+                        partial(b.acquire, name=lock, token="b", duration=30)
                     ):
                         taken = time.monotonic()
                         break
@@ -107,10 +108,8 @@ async def test_stream_leader_change_never_ends_a_lease_early(
                 # No double holder: B took the lock after A's lease ended, by
                 # A's own accounting (the lease starts before A sent it).
                 margins.append(taken - (sent + LEASE))
-                assert not await retrying(
-                    lambda lock=lock: a.owned(name=lock, token="a")
-                )
-                assert await retrying(lambda lock=lock: b.release(name=lock, token="b"))
+                assert not await retrying(partial(a.owned, name=lock, token="a"))
+                assert await retrying(partial(b.release, name=lock, token="b"))
     finally:
         await delete_nats_bucket(",".join(urls), BUCKET)
     assert min(margins) >= 0, margins
