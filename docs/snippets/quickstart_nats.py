@@ -1,8 +1,4 @@
-"""A FastStream service on NATS whose tasks coordinate through the broker.
-
-Run several copies side by side: `python quickstart_nats.py` (NATS_URL, or a
-local server on the default port).
-"""
+"""A FastStream service on NATS: run several copies (NATS_URL, or localhost)."""
 
 import asyncio
 import os

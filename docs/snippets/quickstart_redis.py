@@ -1,8 +1,4 @@
-"""A FastStream service on Redis whose tasks coordinate through the broker.
-
-Run several copies side by side: `python quickstart_redis.py` (REDIS_URL, or a
-local server on the default port).
-"""
+"""A FastStream service on Redis: run several copies (REDIS_URL, or localhost)."""
 
 import asyncio
 import os

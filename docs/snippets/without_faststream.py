@@ -1,14 +1,12 @@
 """grelmicro in any anyio program, with a backend of its own."""
 
+# --8<-- [start:example]
 import anyio
 
 from grelmicro.sync.redis import RedisSyncBackend
 from grelmicro.task import TaskManager
 
-# --8<-- [start:example]
-backend = (
-    RedisSyncBackend()
-)  # REDIS_URL, or RedisSyncBackend("redis://localhost:6379/0")
+backend = RedisSyncBackend()  # REDIS_URL, or a URL, or client=redis.asyncio.Redis()
 task = TaskManager()
 
 

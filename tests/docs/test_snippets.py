@@ -18,6 +18,7 @@ servers (``REDIS_URL`` / ``NATS_URL`` from the fixtures), and checks that:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -255,3 +257,36 @@ def test_snippet_runs(name: str, request: pytest.FixtureRequest) -> None:
     if "nats" in spec.needs:
         env["NATS_URL"] = request.getfixturevalue("nats_url")
     run_snippet(name, spec, env)
+
+
+def load_readme_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "docs_readme", ROOT / "scripts" / "docs_readme.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_examples_are_copies_of_tested_snippets() -> None:
+    tool = load_readme_tool()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    refs = [m["ref"] for m in tool.BLOCK.finditer(readme)]
+    assert refs, "the README has no example copied from a snippet"
+    for ref in refs:
+        assert Path(ref.partition(":")[0]).name in SPECS, f"{ref} is never run"
+    assert tool.render(readme) == readme, (
+        "README.md differs from its snippets: run python scripts/docs_readme.py"
+    )
+    python_blocks = readme.count("```python")
+    assert python_blocks == len(refs), "a README Python block has no snippet marker"
+
+
+def test_readme_copy_check_can_fail() -> None:
+    tool = load_readme_tool()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tampered = readme.replace('print("catalog synced")', 'print("changed")', 1)
+    assert tampered != readme
+    assert tool.render(tampered) != tampered
