@@ -1,9 +1,9 @@
 """Task parameters are resolved with FastDepends."""
 
+# --8<-- [start:depends]
 from dataclasses import dataclass
 from typing import Annotated
 
-import anyio
 from fast_depends import Depends
 
 from grelmicro.task import TaskManager
@@ -11,7 +11,6 @@ from grelmicro.task import TaskManager
 task = TaskManager()
 
 
-# --8<-- [start:depends]
 @dataclass
 class Settings:
     endpoint: str = "https://example.invalid/feed"
@@ -29,10 +28,14 @@ async def poll(settings: Annotated[Settings, Depends(get_settings)]) -> None:
 # --8<-- [end:depends]
 
 
-async def main() -> None:
+async def main() -> None:  # run briefly: python docs/snippets/tasks_depends.py
+    import anyio
+
     async with task:  # local tasks need no backend
         await anyio.sleep(0.5)
 
 
 if __name__ == "__main__":
+    import anyio
+
     anyio.run(main)

@@ -1,12 +1,9 @@
 """Interval tasks: local, task-locked, leader-gated, and with a resource lock."""
 
-import anyio
-
+# --8<-- [start:kinds]
 from grelmicro.sync import LeaderElection, Lock
-from grelmicro.sync.memory import MemorySyncBackend
 from grelmicro.task import TaskManager
 
-# --8<-- [start:kinds]
 task = TaskManager()
 leader = LeaderElection("my-service")
 task.add_task(leader)
@@ -39,11 +36,17 @@ def rebuild_reports() -> None:
 # --8<-- [end:kinds]
 
 
-async def main() -> None:
+async def main() -> None:  # run briefly: python docs/snippets/tasks_kinds.py
+    import anyio
+
+    from grelmicro.sync.memory import MemorySyncBackend
+
     # One process: the in-memory backend. A fleet uses Redis or NATS instead.
     async with MemorySyncBackend(), task:
         await anyio.sleep(1)
 
 
 if __name__ == "__main__":
+    import anyio
+
     anyio.run(main)

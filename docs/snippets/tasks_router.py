@@ -1,10 +1,8 @@
 """Routers group tasks in their own module; the manager includes them."""
 
-import anyio
-
+# --8<-- [start:router]
 from grelmicro.task import TaskManager, TaskRouter
 
-# --8<-- [start:router]
 router = TaskRouter()
 
 
@@ -18,11 +16,15 @@ task.include_router(router)
 # --8<-- [end:router]
 
 
-async def main() -> None:
+async def main() -> None:  # run briefly: python docs/snippets/tasks_router.py
+    import anyio
+
     async with task:
         await anyio.sleep(0.5)
     print(f"{len(task.tasks)} task(s) in the manager")
 
 
 if __name__ == "__main__":
+    import anyio
+
     anyio.run(main)
