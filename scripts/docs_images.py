@@ -573,6 +573,55 @@ def attempts(per_worker: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
     return sorted(found, key=lambda a: a["t"])
 
 
+def check_demo(data: dict[str, Any]) -> list[str]:
+    """What the timeline claims, checked on the recorded run; [] when it holds."""
+    problems: list[str] = []
+    summary = data["summary"]
+    if summary["double_runs"] != 0:
+        problems.append(f"{summary['double_runs']} double runs")
+    if summary["runs"] == 0:
+        problems.append("no run of the tick")
+    kinds = {s["kind"]: s for s in data["stops"]}
+    for kind in ("crash", "graceful"):
+        stop = kinds.get(kind)
+        if stop is None or stop["takeover_t"] is None:
+            problems.append(f"no takeover after the {kind}")
+    crash, graceful = kinds.get("crash"), kinds.get("graceful")
+    if crash and crash["takeover_t"] is not None:
+        gap = crash["takeover_t"] - crash["t"]
+        if not data["lease_seconds"] / 2 <= gap <= data["lease_seconds"] + 1.5:
+            problems.append(f"crash takeover {gap:.2f}s is not about the lease")
+    if graceful and graceful["takeover_t"] is not None:
+        gap = graceful["takeover_t"] - graceful["t"]
+        if gap > 1.0:
+            problems.append(f"graceful takeover took {gap:.2f}s")
+    return problems
+
+
+def check_order(data: dict[str, Any]) -> list[str]:
+    """What the acquisition-order picture claims, checked on the recorded calls."""
+    problems: list[str] = []
+    rows = data["attempts"]
+    for a in rows:
+        keys = [c["key"].split(":", 1)[0] for c in a["calls"]]
+        where = f"attempt at {a['t']:.2f}s on {a['worker']}"
+        if keys not in ([], ["tasklock"], ["tasklock", "lock"]):
+            problems.append(f"{where}: calls in the order {keys}")
+        if a.get("ran") and keys != ["tasklock", "lock"]:
+            problems.append(f"{where}: ran without both locks")
+        if not keys and a.get("ran"):
+            problems.append(f"{where}: ran without the task lock")
+    outcomes = {tuple(state for state, _, _ in step_cells(a)) for a in rows}
+    for wanted, label in (
+        (("no", "skip", "skip", "skip"), "a non-leader skip"),
+        (("ok", "ok", "ok", "ok"), "a run"),
+        (("ok", "ok", "no", "skip"), "a skip at the resource lock"),
+    ):
+        if wanted not in outcomes:
+            problems.append(f"the run shows no {label}")
+    return problems
+
+
 def step_cells(attempt: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(state, title, detail) for: leader check, task lock, resource lock, run."""
     calls = attempt["calls"]
@@ -700,6 +749,12 @@ def draw_order(data: dict[str, Any], path: Path) -> None:
     )
 
 
+CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "demo": check_demo,
+    "order": check_order,
+}
+
+
 # Entry point -------------------------------------------------------------------
 
 
@@ -734,6 +789,9 @@ def main() -> None:
         else:
             print(f"== running the {name} scenario", flush=True)
             data = run()
+            problems = CHECKS[name](data)
+            if problems:  # keep the last good picture
+                sys.exit(f"the {name} run does not show what the page says: {problems}")
             data_path.write_text(json.dumps(data, indent=1) + "\n")
         draw(data, IMG / f"{stem}.svg")
         print(f"wrote {(IMG / f'{stem}.svg').relative_to(ROOT)}", flush=True)

@@ -18,6 +18,8 @@ PAGES=(  # name:path:height in CSS pixels
   "faststream:faststream/:1800"    # a guide page: NATS | Redis tabs
   "tasks:tasks/:2600"              # the acquisition-order picture
   "comparison:comparison/:2400"    # wide tables, admonitions
+  "brokers:broker-integration/:2400"  # mermaid sequence diagrams, the timeline
+  "reference:reference/task/:1800"    # the API reference from the docstrings
 )
 WIDTH="${WIDTH:-1280}"
 
