@@ -40,8 +40,9 @@ bench-smoke: install servers
 docs: install
 	@NO_MKDOCS_2_WARNING=1 $(VENV_PY) -m mkdocs build --strict
 
+DOCS_ADDR ?= 127.0.0.1:8000
 docs-serve: install
-	@NO_MKDOCS_2_WARNING=1 $(VENV_PY) -m mkdocs serve --strict
+	@NO_MKDOCS_2_WARNING=1 $(VENV_PY) -m mkdocs serve --strict -a $(DOCS_ADDR)
 
 # Regenerate the site's pictures from real runs (demo timeline, acquisition order).
 docs-images: install
