@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Self
+from typing import Annotated, Self
 from uuid import UUID
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
+from typing_extensions import Doc
 
 from grelmicro import _metrics
 from grelmicro._validate import less_than, number
@@ -21,9 +22,6 @@ from grelmicro.sync.errors import (
     LockAcquireError,
     LockReleaseError,
 )
-
-if TYPE_CHECKING:
-    from typing_extensions import Doc
 
 logger = logging.getLogger("grelmicro.sync")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Annotated, Self
+from typing import Annotated, Self
 from uuid import UUID
 
 import anyio
+from typing_extensions import Doc
 
 from grelmicro import _metrics
 from grelmicro._validate import number
@@ -26,9 +27,6 @@ from grelmicro.sync.errors import (
     LockReleaseError,
     LockStateError,
 )
-
-if TYPE_CHECKING:
-    from typing_extensions import Doc
 
 
 class Lock(Primitive):

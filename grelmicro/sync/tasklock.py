@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Self
+from typing import Annotated, Self
 from uuid import UUID
 
 import anyio
+from typing_extensions import Doc
 
 from grelmicro import _metrics
 from grelmicro._validate import less_than, number
@@ -20,10 +21,6 @@ from grelmicro.sync._primitive import (
 )
 from grelmicro.sync.abc import FencedAcquire, SyncBackend
 from grelmicro.sync.errors import LockAcquireError, LockReleaseError, LockStateError
-
-if TYPE_CHECKING:
-    from typing_extensions import Doc
-
 
 #: Seconds within which two expiry times count as the same: a hold that
 #: ends this much before the minimum hold's end is not worth a round trip

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
+
+from typing_extensions import Doc
 
 from grelmicro._validate import (
     SettingsValidationError,
@@ -20,9 +22,6 @@ from grelmicro.sync.tasklock import TaskLock
 from grelmicro.task._interval import IntervalTask, default_task_name
 from grelmicro.task.abc import Task
 from grelmicro.task.errors import FunctionTypeError, TaskAddOperationError
-
-if TYPE_CHECKING:
-    from typing_extensions import Doc
 
 F = TypeVar("F", bound=Callable[..., Any])
 

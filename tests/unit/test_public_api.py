@@ -27,12 +27,23 @@ pytestmark = pytest.mark.anyio
 @pytest.mark.parametrize(
     ("module", "names"),
     [
-        ("grelmicro.task", ["TaskManager", "TaskRouter"]),
+        ("grelmicro.task", ["TaskManager", "TaskRouter", "Run", "current_run"]),
         ("grelmicro.task.manager", ["TaskManager"]),
         ("grelmicro.task.router", ["TaskRouter"]),
         ("grelmicro.task.abc", ["Task"]),
         ("grelmicro.sync", ["Lock", "TaskLock", "LeaderElection"]),
-        ("grelmicro.sync.abc", ["SyncBackend", "Synchronization"]),
+        (
+            "grelmicro.sync.abc",
+            [
+                "SyncBackend",
+                "Synchronization",
+                "FencingBackend",
+                "FireClaimBackend",
+                "RemainingBackend",
+                "ReleaseWatchBackend",
+                "NameCheckBackend",
+            ],
+        ),
         ("grelmicro.sync.memory", ["MemorySyncBackend"]),
         ("grelmicro.sync.redis", ["RedisSyncBackend"]),
         ("grelmicro.sync.nats", ["NatsSyncBackend"]),
@@ -120,3 +131,32 @@ async def test_memory_backend_semantics() -> None:
     assert remaining == 0
     remaining = await backend.acquire_or_remaining(name="k", token="b", duration=5)
     assert 4 < remaining <= 5
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "grelmicro.task.manager:TaskManager.__init__",
+        "grelmicro.task.manager:TaskManager.stop",
+        "grelmicro.task.router:TaskRouter.interval",
+        "grelmicro.task.router:TaskRouter.scheduled",
+        "grelmicro.task._run:Run.__init__",
+        "grelmicro.sync.lock:Lock.__init__",
+        "grelmicro.sync.tasklock:TaskLock.__init__",
+        "grelmicro.sync.leaderelection:LeaderElection.__init__",
+        "grelmicro.sync.memory:MemorySyncBackend.__init__",
+        "grelmicro.sync.abc:SyncBackend.acquire",
+        "grelmicro.sync.abc:FencingBackend.acquire_fenced",
+        "grelmicro.sync.abc:FireClaimBackend.claim_fire",
+    ],
+)
+def test_type_hints_resolve_at_runtime(target: str) -> None:
+    # Documentation tools evaluate them (Doc was once imported only for mypy).
+    import typing
+
+    module, _, qualname = target.partition(":")
+    obj: object = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    hints = typing.get_type_hints(obj, include_extras=True)
+    assert hints
