@@ -40,7 +40,7 @@ class StaleTokenError(Exception):
         self.highest = highest
         super().__init__(
             f"write to {key!r} rejected: fencing token {token} is lower than "
-            f"{highest}, already accepted (the lock was taken by another holder)"
+            f"{highest}, accepted from a later holder of the lock"
         )
 
 

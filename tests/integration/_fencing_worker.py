@@ -10,13 +10,13 @@ one machine):
 - ``contend LOCK COUNT LEASE OUT``: take `Lock(LOCK)` COUNT times, appending
   ``<acquired> <releasing> <token> <worker>`` per holding to the file OUT;
   answers ``done``.
-- ``hold LOCK KEY LEASE``: take the lock, answer ``held <token>``, then write
-  to the fenced store KEY with that token every 50 ms (``write <start> <end>
-  <token> ok|rejected <highest>``) until a write is rejected (or 30 s), never
-  checking the lock: a holder that does not know it was paused. Answers
-  ``done``.
-- ``take LOCK KEY LEASE``: wait for the lock, answer ``acquired <token>``,
-  write once, release, answer ``done``.
+- ``hold LOCK KEY LEASE [EVERY]``: take the lock, answer ``held <token>
+  <time>``, then write to the fenced store KEY with that token every EVERY
+  seconds (default 0.05; ``write <start> <end> <token> ok|rejected
+  <highest>``) until a write is rejected (or 30 s), never checking the lock:
+  a holder that does not know it was paused. Answers ``done``.
+- ``take LOCK KEY LEASE``: wait for the lock, answer ``acquired <token>
+  <time>``, write once, release (``released <time>``), answer ``done``.
 
 ``tasks``: a `TaskManager` with one coordinated interval task whose runs last
 ``--work`` seconds (``--leader``: gated by a `LeaderElection`; else a task
@@ -129,7 +129,12 @@ async def contend(
 
 
 async def hold(
-    backend: SyncBackend, store: FencedStore, worker: str, lock: str, lease: float
+    backend: SyncBackend,
+    store: FencedStore,
+    worker: str,
+    lock: str,
+    lease: float,
+    every: float = 0.05,
 ) -> None:
     """Take the lock, then write with its token until a write is rejected."""
     primitive = Lock(lock, backend=backend, worker=worker, lease_duration=lease)
@@ -145,7 +150,7 @@ async def hold(
             say("write", start, time.time(), token, "rejected", exc.highest)
             break
         say("write", start, time.time(), token, "ok", token)
-        await anyio.sleep(0.05)
+        await anyio.sleep(every)
     try:
         await primitive.release()
     except LockNotOwnedError:
@@ -171,6 +176,7 @@ async def take(
             say("write", start, time.time(), token, "rejected", exc.highest)
         else:
             say("write", start, time.time(), token, "ok", token)
+    say("released", time.time())
 
 
 async def run_commands(args: argparse.Namespace) -> None:
@@ -195,12 +201,23 @@ async def run_commands(args: argparse.Namespace) -> None:
                     await contend(
                         backend, args.worker, lock, int(count), float(lease), out
                     )
-                elif command in {"hold", "take"}:
+                elif command == "hold":
+                    assert client is not None, "--store-url is needed"
+                    lock, key, lease, *every = rest
+                    store = FencedStore(client, key)
+                    await hold(
+                        backend,
+                        store,
+                        args.worker,
+                        lock,
+                        float(lease),
+                        *(float(e) for e in every),
+                    )
+                elif command == "take":
                     assert client is not None, "--store-url is needed"
                     lock, key, lease = rest
                     store = FencedStore(client, key)
-                    action = hold if command == "hold" else take
-                    await action(backend, store, args.worker, lock, float(lease))
+                    await take(backend, store, args.worker, lock, float(lease))
                 else:
                     say("error", "unknown-command", command)
                     continue

@@ -39,7 +39,7 @@ def test_example_app_runs_and_rejects_stale_writes(
     for index in range(2):
         copies.append(
             subprocess.Popen(
-                [sys.executable, str(APP), "--seconds", "4"],
+                [sys.executable, str(APP), "--seconds", "3"],
                 env={**env, "WORKER_NAME": f"copy{index}"},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -61,7 +61,7 @@ def test_example_app_runs_and_rejects_stale_writes(
         if (match := WRITTEN.match(line))
     ]
     tokens = [token for token, _ in written]
-    figure("example: reports written by two copies in 4 s", len(written), unit="")
+    figure("example: reports written by two copies in 3 s", len(written), unit="")
     figure("example: both copies ran and exited in", took, 20)
     assert len(written) >= 3, outputs
     assert len(set(tokens)) == len(tokens), outputs
