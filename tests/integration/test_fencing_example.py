@@ -67,3 +67,43 @@ def test_example_app_runs_and_rejects_stale_writes(
     assert len(set(tokens)) == len(tokens), outputs
     assert any("stale write with token" in out for out in outputs), outputs
     assert took < 20
+
+
+SNIPPETS = Path(__file__).resolve().parents[2] / "docs" / "snippets"
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        (
+            "fencing_lock.py",
+            (
+                "first holder, token 1: written=True",
+                "second holder, token 2: written=True",
+                "first holder again, token 1: written=False",
+                "row: body='v2' fence=2",
+            ),
+        ),
+        (
+            "fencing_supervised.py",
+            (
+                "export cancelled: its lock could not be kept any longer",
+                "rebuild stopped: current_run().lost is True",
+            ),
+        ),
+    ],
+)
+def test_doc_snippets_run(snippet: str, expected: tuple[str, ...]) -> None:
+    """The fencing page's snippets run standalone and print what they promise."""
+    done = subprocess.run(
+        [sys.executable, str(SNIPPETS / snippet)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "ERROR" not in done.stderr, done.stderr
+    for line in expected:
+        assert line in done.stdout, (line, done.stdout)
