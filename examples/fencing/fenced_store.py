@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# --8<-- [start:script]
 #: KEYS[1]: the hash holding `value` and `fence` (the highest token accepted).
 #: ARGV[1]: the writer's token, ARGV[2]: the value.
 #: Returns {1, token} when written, {0, highest} when rejected.
@@ -29,6 +30,7 @@ end
 redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'value', ARGV[2])
 return {1, token}
 """
+# --8<-- [end:script]
 
 
 class StaleTokenError(Exception):
@@ -52,6 +54,7 @@ class Stored:
     fence: int | None
 
 
+# --8<-- [start:store]
 class FencedStore:
     """One value in Redis, written only with a token at least the highest seen.
 
@@ -89,3 +92,6 @@ class FencedStore:
         if isinstance(value, bytes):
             value = value.decode()
         return Stored(value, None if fence is None else int(fence))
+
+
+# --8<-- [end:store]
