@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 from uuid import uuid4
@@ -52,6 +53,30 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     require_kind(kind)
     url: str = request.getfixturevalue(f"{kind}_url")
     yield from target_for(kind, url)
+
+
+@dataclass
+class CommandFleet:
+    """Three ``commands`` workers on one backend, shared by the tests of a kind."""
+
+    target: Target
+    workers: list[CommandWorker]
+    directory: Path
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def command_fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CommandFleet]:
+    """3 worker processes per backend kind (their start costs ~1 s each)."""
+    kind: str = request.param
+    require_kind(kind)
+    url: str = request.getfixturevalue(f"{kind}_url")
+    store_url: str = request.getfixturevalue("redis_url")
+    directory = tmp_path_factory.mktemp(f"fencing-{kind}")
+    for target in target_for(kind, url):
+        with workers(3, command_argv(target, store_url), directory) as started:
+            yield CommandFleet(target, started, directory)
 
 
 @contextlib.contextmanager
@@ -96,17 +121,17 @@ PER_WORKER = 70  # 3 workers: 210 acquisitions
 
 
 def test_contending_processes_get_unique_increasing_tokens(
-    target: Target, tmp_path: Path
+    command_fleet: CommandFleet, tmp_path: Path
 ) -> None:
     """3 processes take one lock 210 times: tokens unique, increasing with time,
     and no two holdings overlap."""
+    target = command_fleet.target
     out = tmp_path / "holdings.txt"
     started = time.monotonic()
-    with workers(3, command_argv(target), tmp_path) as fleet:
-        for worker in fleet:
-            worker.send("contend", "contended", PER_WORKER, 5, out)
-        for worker in fleet:
-            worker.expect("done", 45)
+    for worker in command_fleet.workers:
+        worker.send("contend", "contended", PER_WORKER, 5, out)
+    for worker in command_fleet.workers:
+        worker.expect("done", 45)
     took = time.monotonic() - started
     holdings = []
     for line in out.read_text().splitlines():
@@ -130,7 +155,7 @@ def test_contending_processes_get_unique_increasing_tokens(
     figure(
         f"{target.kind} contention: longest overlap of two holdings", max(overlap, 0)
     )
-    figure(f"{target.kind} contention: took (with process start)", took)
+    figure(f"{target.kind} contention: 210 acquisitions took", took)
     assert overlap <= 0, f"two holdings overlapped by {overlap:.6f}s"
     assert handovers >= 20, "the processes did not really contend"
 
@@ -141,48 +166,49 @@ TRIALS = 4
 STALL_LEASE = 1.0
 
 
-def test_stalled_holder_write_is_rejected(
-    target: Target, redis_url: str, tmp_path: Path
-) -> None:
+def test_stalled_holder_write_is_rejected(command_fleet: CommandFleet) -> None:
     """SIGSTOP a holder past its lease, let another worker take the lock and
     write, SIGCONT the first: its next write is rejected, in every trial."""
+    target = command_fleet.target
+    fleet = command_fleet.workers[:2]
     tag = uuid4().hex[:8]
     rejected = 0
-    stalls, answers, accepted_late = [], [], []
-    with workers(2, command_argv(target, redis_url), tmp_path) as fleet:
-        for trial in range(TRIALS):
-            holder, taker = fleet if trial % 2 == 0 else fleet[::-1]
-            lock, key = f"stall-{trial}", f"grelmicro-fence-{tag}:{trial}"
-            holder.send("hold", lock, key, STALL_LEASE)
-            old_token = int(holder.expect("held", 10)[1])
-            first = holder.expect("write", 10)
-            assert first[4] == "ok", first
-            stopped_at = holder.signal(signal.SIGSTOP)
-            wait_stopped(holder.pid)
-            taker.send("take", lock, key, STALL_LEASE)
-            new_token = int(taker.expect("acquired", STALL_LEASE + 10)[1])
-            taken = taker.expect("write", 10)
-            assert taken[4] == "ok", taken
-            taker.expect("done", 10)
-            assert new_token > old_token
-            # Frozen longer than the lease, whatever the taker's speed.
-            time.sleep(max(0.0, stopped_at + STALL_LEASE + 0.2 - time.time()))
-            resumed_at = holder.signal(signal.SIGCONT)
-            writes = []
-            while True:
-                fields = holder.read(10)
-                if fields[0] == "write":
-                    writes.append(fields)
-                if fields[0] == "done":
-                    break
-            stalls.append(resumed_at - stopped_at)
-            # Writes that reached the server after the taker's write.
-            after = [w for w in writes if float(w[1]) > float(taken[2])]
-            assert after, f"trial {trial}: the resumed holder did not write"
-            accepted_late += [w for w in after if w[4] == "ok"]
-            if after[0][4] == "rejected" and int(after[0][5]) == new_token:
-                rejected += 1
-                answers.append(float(after[0][2]) - resumed_at)
+    stalls: list[float] = []
+    answers: list[float] = []
+    accepted_late: list[list[str]] = []
+    for trial in range(TRIALS):
+        holder, taker = fleet if trial % 2 == 0 else fleet[::-1]
+        lock, key = f"stall-{trial}", f"grelmicro-fence-{tag}:{trial}"
+        holder.send("hold", lock, key, STALL_LEASE)
+        old_token = int(holder.expect("held", 10)[1])
+        first = holder.expect("write", 10)
+        assert first[4] == "ok", first
+        stopped_at = holder.signal(signal.SIGSTOP)
+        wait_stopped(holder.pid)
+        taker.send("take", lock, key, STALL_LEASE)
+        new_token = int(taker.expect("acquired", STALL_LEASE + 10)[1])
+        taken = taker.expect("write", 10)
+        assert taken[4] == "ok", taken
+        taker.expect("done", 10)
+        assert new_token > old_token
+        # Frozen longer than the lease, whatever the taker's speed.
+        time.sleep(max(0.0, stopped_at + STALL_LEASE + 0.2 - time.time()))
+        resumed_at = holder.signal(signal.SIGCONT)
+        writes = []
+        while True:
+            fields = holder.read(10)
+            if fields[0] == "write":
+                writes.append(fields)
+            if fields[0] == "done":
+                break
+        stalls.append(resumed_at - stopped_at)
+        # The holder's writes started after the taker's write was accepted.
+        after = [w for w in writes if float(w[1]) > float(taken[2])]
+        assert after, f"trial {trial}: the resumed holder did not write"
+        accepted_late += [w for w in after if w[4] == "ok"]
+        if after[0][4] == "rejected" and int(after[0][5]) == new_token:
+            rejected += 1
+            answers.append(float(after[0][2]) - resumed_at)
     figure(f"{target.kind} stalled holder: trials", TRIALS, unit="")
     figure(f"{target.kind} stalled holder: stale writes rejected", rejected, unit="")
     figure(
@@ -458,7 +484,7 @@ def test_run_beyond_max_lock_seconds_is_cancelled_before_another_starts(
     """Two workers run a task-locked task whose runs never end by themselves:
     each run is cancelled at max_lock_seconds (minus the margin), and the next
     run (on either worker) starts only after: zero overlap."""
-    max_lock = 1.5
+    max_lock = 1.0
     argv = tasks_argv(target.kind, target.url, target.namespace, tmp_path)
     argv += ["--work", "30", "--max-lock", str(max_lock), "--interval", "0.2"]
     fleet: list[CommandWorker] = []
