@@ -345,16 +345,17 @@ class IntervalTask:
             now = time.monotonic()
             if sure >= limit - 0.001:
                 await anyio.sleep(max(sure - margin - time.monotonic(), 0.0))
+                if not self.cancel_on_loss:
+                    outcome = "another worker may run the task meanwhile"
+                elif self._is_async:
+                    outcome = "cancelled before the lock could expire"
+                else:
+                    outcome = "a sync function cannot be cancelled: it sees lost"
                 self._lost(
                     run,
                     run_scope,
                     "Task lock lost while running: %s (the run exceeded "
-                    f"max_lock_seconds={task_lock.max_lock_seconds}; "
-                    + (
-                        "cancelled before the lock could expire)"
-                        if self.cancel_on_loss
-                        else "another worker may run the task meanwhile)"
-                    ),
+                    f"max_lock_seconds={task_lock.max_lock_seconds}; {outcome})",
                 )
                 return
             # A short hold (min_lock_seconds) gets a proportionate margin.
@@ -372,11 +373,16 @@ class IntervalTask:
             # that follows shortens the hold again, sent after it.
             extension = asyncio.ensure_future(task_lock.extend())
             extension.add_done_callback(_consume)
-            try:
-                extended: bool | None = await asyncio.shield(extension)
-            except SyncBackendError as exc:
-                self._errors.error(exc)
-                extended = None
+            # The answer is awaited no longer than the hold surely lasts: a
+            # cut-off worker must lose the run before its lock can expire.
+            sure = task_lock.hold_until
+            deadline = sure - min(margin, (sure - acquired_at) / 4)
+            extended: bool | None = None
+            with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
+                try:
+                    extended = await asyncio.shield(extension)
+                except SyncBackendError as exc:
+                    self._errors.error(exc)
             if extended is False:
                 self._lost(
                     run,
