@@ -61,9 +61,10 @@ async def publish_report() -> None:
 
 
 async def replay_stale_write() -> None:
-    """What a worker frozen since the first run does when it wakes up."""
-    if len(tokens) < 2:
-        return
+    """What a worker frozen since its first run does when it wakes up."""
+    stored = await store.read()
+    if not tokens or stored.fence is None or stored.fence <= tokens[0]:
+        return  # no later run has written since this worker's first run
     try:
         await store.write("late report", fencing_token=tokens[0])
     except StaleTokenError as exc:
