@@ -475,15 +475,6 @@ def test_cut_off_leader_run_is_cancelled_by_renew_deadline(
     assert all(code is not None for code in codes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "grelmicro/task/_interval.py IntervalTask._keep_lock awaits an extension "
-        "for up to the TaskLock's backend timeout (min(5 s, max_lock_seconds)), "
-        "not bounded by the hold the server surely keeps: a run cut off before "
-        "its first extension outlives its lock"
-    ),
-)
 def test_cut_off_task_lock_run_is_cancelled_before_the_lock_expires(
     target: Target, tmp_path: Path
 ) -> None:
