@@ -20,8 +20,11 @@ JSON next to its picture so the picture can be checked and redrawn:
   drawn as one row per attempt: leader check, task lock, resource lock, run:
   `docs/img/acquisition-order.{json,svg}`.
 
-The benchmark plot (`docs/img/benchmarks.png`) comes from `benchmarks/run.py`.
-No plotting library is needed: the SVG is written directly.
+It then runs the generators of the other pages' pictures, when present:
+`docs/snippets/cron_timeline.py` (`docs/img/cron_fire_life.svg`) and
+`scripts/fencing_timeline.py` (`docs/img/fencing-timeline.svg`). The
+benchmark plot (`docs/img/benchmarks.png`) comes from `benchmarks/run.py`.
+No plotting library is needed: the SVGs are written directly.
 """
 
 from __future__ import annotations
@@ -749,6 +752,27 @@ def draw_order(data: dict[str, Any], path: Path) -> None:
     )
 
 
+# Pictures of other pages, each drawn by its own script from a real run.
+GENERATORS = {
+    "cron": (
+        ROOT / "docs" / "snippets" / "cron_timeline.py",
+        ["--svg", str(IMG / "cron_fire_life.svg")],
+    ),
+    "fencing": (ROOT / "scripts" / "fencing_timeline.py", []),
+}
+
+
+def run_generators(only: str | None) -> None:
+    for name, (script, extra) in GENERATORS.items():
+        if only and only != name:
+            continue
+        if not script.is_file():
+            print(f"-- {name}: {script.relative_to(ROOT)} not found, skipped")
+            continue
+        print(f"== running {script.relative_to(ROOT)}", flush=True)
+        subprocess.run([sys.executable, str(script), *extra], cwd=ROOT, check=True)
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "demo": check_demo,
     "order": check_order,
@@ -760,7 +784,7 @@ CHECKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("demo", "order"))
+    parser.add_argument("--only", choices=("demo", "order", *GENERATORS))
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--order-worker", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -795,6 +819,8 @@ def main() -> None:
             data_path.write_text(json.dumps(data, indent=1) + "\n")
         draw(data, IMG / f"{stem}.svg")
         print(f"wrote {(IMG / f'{stem}.svg').relative_to(ROOT)}", flush=True)
+    if not args.render_only:
+        run_generators(args.only)
 
 
 if __name__ == "__main__":

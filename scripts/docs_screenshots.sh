@@ -3,8 +3,11 @@
 # Chromium from Debian's packages), to check that it renders: navigation,
 # code tabs, admonitions and pictures. CI does not run this.
 #
-#   bash scripts/docs_screenshots.sh [OUT_DIR]     # default: build/screenshots
+#   bash scripts/docs_screenshots.sh [OUT_DIR [NAME:PATH:HEIGHT ...]]
+#   bash scripts/docs_screenshots.sh build/shots cron:cron/:2400
 #
+# OUT_DIR defaults to build/screenshots (git-ignored); pages given after it
+# replace the default list.
 # It builds the site (mkdocs build --strict), serves it on a free loopback
 # port, and writes one PNG per page below. Chromium runs with a fresh
 # profile, no network besides loopback, and is installed with apt-get when
@@ -21,6 +24,9 @@ PAGES=(  # name:path:height in CSS pixels
   "brokers:broker-integration/:2400"  # mermaid sequence diagrams, the timeline
   "reference:reference/task/:1800"    # the API reference from the docstrings
 )
+if [ "$#" -gt 1 ]; then
+  PAGES=("${@:2}")
+fi
 WIDTH="${WIDTH:-1280}"
 
 if ! command -v chromium >/dev/null 2>&1; then
