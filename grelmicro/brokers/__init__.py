@@ -34,7 +34,11 @@ from typing import Annotated, Any
 
 from typing_extensions import Doc
 
-from grelmicro.brokers._connection import BrokerConnection, BrokerNotConnectedError
+from grelmicro.brokers._connection import (
+    BrokerConnection,
+    BrokerNotConnectedError,
+    wait_connected,
+)
 from grelmicro.brokers._shutdown import hook_shutdown, stop_tasks
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import SyncSettingsValidationError
@@ -114,4 +118,5 @@ __all__ = [
     "backend_for",
     "hook_shutdown",
     "stop_tasks",
+    "wait_connected",
 ]

@@ -206,3 +206,18 @@ class BrokerConnection:
             logger.debug("Connecting %s for the sync backend", type(broker).__name__)
             await broker.connect()
             state.self_connected = True
+
+
+async def wait_connected(broker: Any) -> None:
+    """Wait until `broker` is connected by its application (bounded).
+
+    A broker owned by an application is waited for up to `STARTUP_GRACE`
+    seconds, one nobody owns up to `CONNECT_GRACE` (its user may never
+    start it: the backend then connects it on first use). The
+    `TaskManager(broker=...)` interval scheduler awaits this before its
+    first attempts, so a first run that publishes finds the broker connected.
+    """
+    grace = STARTUP_GRACE if owner_of(broker) is not None else CONNECT_GRACE
+    with anyio.move_on_after(grace):
+        while not is_connected(broker):  # noqa: ASYNC110
+            await anyio.sleep(POLL_INTERVAL)

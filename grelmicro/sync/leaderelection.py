@@ -100,6 +100,8 @@ class LeaderElection(Primitive):
         self._fence: int | None = None
         # Counts the terms this worker began (a term ends when leadership is lost).
         self._term = 0
+        # Set once a round got an answer from the backend since the start.
+        self._settled = False
         self._changed: anyio.Event | None = None
         self._running = False
         # True after a round in which another worker held the lease.
@@ -159,6 +161,19 @@ class LeaderElection(Primitive):
             await self._wait_change(None)
 
     @property
+    def settled(self) -> bool:
+        """Whether the running election has had its first answer from the backend.
+
+        Before that, `is_leader()` is False only because nobody knows yet.
+        """
+        return self._settled
+
+    async def wait_settled(self) -> None:
+        """Wait until the election's first answer from the backend."""
+        while not self._settled:
+            await self._wait_change(None)
+
+    @property
     def term(self) -> int:
         """How many terms this worker has begun (grows when it becomes leader)."""
         return self._term
@@ -214,6 +229,7 @@ class LeaderElection(Primitive):
             task_status.started()
             await anyio.sleep_forever()
         self._running = True
+        self._settled = False
         task_status.started()
         try:
             while True:
@@ -305,6 +321,9 @@ class LeaderElection(Primitive):
             self._lease_left = answer.remaining
         self._lost_to_other = not acquired
         self._recovered()
+        if not self._settled:
+            self._settled = True
+            self._notify()
         if (
             acquired
             and self._renewed_at is not None

@@ -273,8 +273,15 @@ class IntervalTask:
         """One attempt: pass the guards in order, then run the function."""
         leader = self.leader
         if leader is not None and not leader.is_leader():
-            self._skipped()
-            return
+            if not leader.settled and leader.running:
+                # Just started: the election has not heard from the backend
+                # yet. Wait for its first answer (bounded) rather than skip a
+                # whole interval.
+                with anyio.move_on_after(leader.backend_timeout):
+                    await leader.wait_settled()
+            if not leader.is_leader():
+                self._skipped()
+                return
         try:
             task_lock = self.task_lock
             if task_lock is None:
@@ -479,8 +486,17 @@ class IntervalScheduler:
     CPU and memory for thousands of tasks.
     """
 
-    def __init__(self, tasks: list[IntervalTask]) -> None:
+    def __init__(
+        self,
+        tasks: list[IntervalTask],
+        *,
+        ready: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._tasks = list(dict.fromkeys(tasks))  # each task once
+        #: Awaited (after reporting started) before the first attempts: a
+        #: `TaskManager(broker=...)` waits there for the app to connect its
+        #: broker, so a first run that publishes does not fail.
+        self._ready = ready
         self._heap: list[tuple[float, int, IntervalTask]] = []
         self._seq = 0
         self._running: dict[IntervalTask, asyncio.Task[None]] = {}
@@ -499,12 +515,15 @@ class IntervalScheduler:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._closing = False
-        now = loop.time()
-        self._heap = [(now, index, task) for index, task in enumerate(self._tasks)]
-        self._seq = len(self._tasks)
-        self._schedule_timer()
+        self._heap = []
         task_status.started()
         try:
+            if self._ready is not None:
+                await self._ready()
+            now = loop.time()
+            self._heap = [(now, i, task) for i, task in enumerate(self._tasks)]
+            self._seq = len(self._tasks)
+            self._schedule_timer()
             await anyio.sleep_forever()
         finally:
             self._closing = True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
@@ -156,7 +158,7 @@ class TaskManager(TaskRouter):
         )
         try:
             _check_backends(tasks)
-            await _start_all(runner.group, tasks)
+            await _start_all(runner.group, tasks, ready=self._broker_ready())
         except BaseException:
             self._running = False
             raise
@@ -164,6 +166,14 @@ class TaskManager(TaskRouter):
             if token is not None:
                 reset_scoped_backend(token)
         logger.debug("Task manager started %d tasks", len(tasks))
+
+    def _broker_ready(self) -> Callable[[], Awaitable[None]] | None:
+        broker = self._broker
+        if broker is None:
+            return None
+        from grelmicro.brokers import wait_connected
+
+        return partial(wait_connected, broker)
 
     async def stop(self) -> None:
         """Stop the tasks now and wait until they released what they hold.
@@ -289,12 +299,17 @@ def _check_backends(tasks: list[Task]) -> None:
             primitive.bind()
 
 
-async def _start_all(group: TaskGroup, tasks: list[Task]) -> None:
+async def _start_all(
+    group: TaskGroup,
+    tasks: list[Task],
+    *,
+    ready: Callable[[], Awaitable[None]] | None,
+) -> None:
     """Start the interval tasks on one shared scheduler, the others on their
     own; return once each has called `task_status.started()`."""
     interval_tasks = [task for task in tasks if type(task) is IntervalTask]
     if interval_tasks:
-        scheduler = IntervalScheduler(interval_tasks)
+        scheduler = IntervalScheduler(interval_tasks, ready=ready)
         await group.start(scheduler, name=scheduler.name)
     for task in tasks:
         if type(task) is not IntervalTask:

@@ -383,3 +383,21 @@ async def test_stop_is_idempotent_and_releases() -> None:
         assert not manager.running
         assert not await backend.locked(name="leader:e")
         await manager.stop()
+
+
+async def test_leader_gated_task_runs_at_start_not_an_interval_later() -> None:
+    # The first attempt comes before the election's first answer: it waits
+    # for that answer (bounded by backend_timeout) instead of skipping a
+    # whole interval (60 s here).
+    backend = MemorySyncBackend(auto_register=False)
+    leader = LeaderElection("e", backend=backend, **FAST)
+    manager = TaskManager(tasks=[leader])
+    ran = anyio.Event()
+
+    @manager.interval(seconds=60, leader=leader, backend=backend, name="hourly")
+    async def hourly() -> None:
+        ran.set()
+
+    async with manager:
+        with anyio.fail_after(2):
+            await ran.wait()
