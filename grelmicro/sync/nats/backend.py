@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Annotated, Final, Self
 
 from nats.aio.client import Client
@@ -313,8 +314,7 @@ class NatsSyncBackend(RegisteredBackend):
         self, operation: str, name: str, token: str, duration: float
     ) -> FencedAcquire:
         key = self._key(name)
-        ttl = ttl_seconds_checked(duration)
-        lease_ms = max(1, math.ceil(round(duration * 1000, 3)))
+        ttl, lease_ms = _lease(duration)
         nc = await self._connection.client(operation, name)
         self._check_lease(ttl, operation, name)
         return await self._locks.acquire(nc, operation, name, key, token, ttl, lease_ms)
@@ -440,6 +440,22 @@ class NatsSyncBackend(RegisteredBackend):
         ttl_seconds_checked(lease, "lease")
         nc = await self._connection.client("retake_fire", name)
         return await self._fires.retake(nc, name, key, fire, token, lease)
+
+
+def _lease(duration: object) -> tuple[int, int]:
+    """(TTL in whole seconds, exact lease in ms) for `duration` seconds."""
+    try:
+        return _lease_cached(duration)
+    except TypeError:  # unhashable: not a number anyway
+        ttl_seconds_checked(duration)
+        raise
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _lease_cached(duration: object) -> tuple[int, int]:
+    ttl = ttl_seconds_checked(duration)
+    assert isinstance(duration, int | float)
+    return ttl, max(1, math.ceil(round(duration * 1000, 3)))
 
 
 def ttl_seconds_checked(duration: object, parameter: str = "duration") -> int:
