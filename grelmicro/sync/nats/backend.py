@@ -22,8 +22,6 @@ from grelmicro.sync._backends import RegisteredBackend, register_backend
 from grelmicro.sync.abc import FencedAcquire, FireRetake
 from grelmicro.sync.errors import SyncSettingsValidationError
 from grelmicro.sync.nats._codec import (
-    KEY_SUFFIX_ROOM,
-    MAX_KEY_LENGTH,
     KeyEncodingError,
     encode_key,
     ttl_seconds,
@@ -473,4 +471,4 @@ def _check_fire(fire: object) -> None:
         raise SyncSettingsValidationError(msg)
 
 
-__all__ = ["KEY_SUFFIX_ROOM", "MAX_KEY_LENGTH", "REQUEST_TIMEOUT", "NatsSyncBackend"]
+__all__ = ["REQUEST_TIMEOUT", "NatsSyncBackend"]
