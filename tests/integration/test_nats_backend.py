@@ -418,8 +418,8 @@ async def test_lease_expires_on_the_server(nats_url: str, bucket: str) -> None:
 
 @pytest.mark.anyio
 async def test_an_expired_lease_is_free(nats_url: str, bucket: str) -> None:
-    """`locked`/`owned` see expiry by the server's clock, and a lease that
-    expired is taken again from scratch (the key is recreated)."""
+    """`locked`/`owned` see expiry (the backend's own clock, then the
+    server's TTL), and an expired lease is taken again from scratch."""
     lock = name()
     async with backend_for(nats_url, bucket) as backend:
         assert await backend.acquire(name=lock, token="a", duration=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from uuid import uuid4
 
+import anyio
 import nats
 import pytest
 from nats.aio.client import Client
@@ -28,7 +30,13 @@ from grelmicro.sync.errors import SyncBackendError, SyncSettingsValidationError
 from grelmicro.sync.nats import NatsSyncBackend, NatsSyncBackendError
 from grelmicro.sync.nats._codec import encode_key
 from tests.integration.conftest import delete_nats_bucket
-from tests.servers import find_nats_server, free_port, tcp_open, wait_until
+from tests.servers import (
+    NatsServer,
+    find_nats_server,
+    free_port,
+    tcp_open,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -356,3 +364,41 @@ def test_own_client_replaced_on_a_new_event_loop_is_closed(nats_url: str) -> Non
         loop.close()
         asyncio.run(delete_nats_bucket(nats_url, bucket))
         time.sleep(0)
+
+
+@pytest.mark.anyio
+async def test_a_server_that_lost_its_storage_is_noticed_after_reconnecting(
+    start_server: Callable[[NatsServer], NatsServer],
+) -> None:
+    """A borrowed client reconnects to a server that lost its storage: the
+    backend checks the bucket again, sees a new stream, and forgets the
+    sequences of the old one (one of them now belongs to another holder)."""
+    server = start_server(NatsServer(source="controllable"))
+    # Connections before ours: the restarted server gives ours another id.
+    others = [await nats.connect(server.url, allow_reconnect=False) for _ in range(5)]
+    client = await nats.connect(
+        server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1
+    )
+    try:
+        async with NatsSyncBackend(
+            client=client, bucket="lost", auto_register=False
+        ) as a:
+            assert await a.acquire(name="x", token="a", duration=30)
+            for other in others:
+                await other.close()
+            server.stop()
+            shutil.rmtree(server.store_dir)
+            server.store_dir.mkdir()
+            server.start()
+            assert await anyio.to_thread.run_sync(
+                lambda: wait_until(lambda: client.is_connected, timeout=10)
+            )
+            async with NatsSyncBackend(
+                server.url, bucket="lost", auto_register=False
+            ) as b:
+                # The new stream's first write: the sequence `a` remembers.
+                assert await b.acquire(name="x", token="b", duration=30)
+                assert not await a.acquire(name="x", token="a", duration=30)
+                assert await b.owned(name="x", token="b")
+    finally:
+        await client.close()

@@ -20,11 +20,9 @@ SAFE_KEY_CHARS = frozenset(
 #: Longest encoded key accepted: the key appears twice in a request's control
 #: line (with the bucket name, up to 200 characters), which the server caps
 #: at 4096 bytes, and a line over the cap makes the server close the whole
-#: connection. Cron fire keys add up to `KEY_SUFFIX_ROOM` characters.
+#: connection. It leaves room for the suffix of cron fire keys
+#: (``.fire.<ms>``, under 32 characters).
 MAX_KEY_LENGTH = 1800
-
-#: Characters a backend may append to an encoded key (``.fire.<ms>``).
-KEY_SUFFIX_ROOM = 32
 
 _ESCAPED = re.compile(r"=([0-9A-F]{2})")
 

@@ -10,9 +10,16 @@ One `Connection` object per backend, in one of three modes:
   ``broker.connect()``), awaited on every use, never closed.
 
 Whatever the mode, the client is *prepared* (the bucket found or created and
-checked) once per client and event loop, and the backend forgets what it knew
-about keys whenever the client reconnected (the server may have lost its
-storage meanwhile).
+checked) once per client and event loop, and again after the client
+reconnected: if the bucket's stream was created anew meanwhile (a server
+that lost its storage, a bucket deleted and created again), the backend
+forgets every sequence it knew, so no compare-and-set can succeed on a
+sequence of the old stream. A reconnection is seen through the own client's
+``reconnected_cb``, and, for a borrowed or provided client (whose callbacks
+belong to its owner), through `Client.client_id`: the server gives every
+connection a new id. A restarted server can give a reconnecting client its
+old id again (ids restart at 1); that reconnection is then not seen, which
+only matters if the server also lost its storage.
 """
 
 from __future__ import annotations
@@ -38,10 +45,6 @@ Prepare = Callable[[Client, str, str], Awaitable[None]]
 Provider = Callable[[], Awaitable[Client]]
 
 
-async def _on_reconnected() -> None:
-    logger.info("NATS sync backend reconnected")
-
-
 #: Options of the connection the backend opens from its URL: two seconds per
 #: attempt, and two attempts per server (at first, and after a disconnection):
 #: an unreachable server fails fast, and a client that gave up reconnecting
@@ -52,7 +55,6 @@ _CONNECT_OPTIONS: Final[dict[str, Any]] = {
     "connect_timeout": 2,
     "reconnect_time_wait": 0.5,
     "max_reconnect_attempts": 1,
-    "reconnected_cb": _on_reconnected,
 }
 
 
@@ -78,7 +80,7 @@ class Connection:
         self.ready = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
-        #: The server's id for the current connection: it changes when the
+        #: The server's id for the prepared connection: it changes when the
         #: client reconnects (nats-py has no public reconnect counter).
         self._client_id: int | None = None
         self._owned: Client | None = None
@@ -104,16 +106,10 @@ class Connection:
             and self.ready
             and self._loop is asyncio.get_running_loop()
             and not nc.is_closed
+            and nc.client_id == self._client_id
         ):
-            self._check_reconnected(nc)
             return nc
         return await self._connect(operation, name)
-
-    def _check_reconnected(self, nc: Client) -> None:
-        client_id = nc.client_id
-        if client_id != self._client_id:
-            self._client_id = client_id
-            self.forget()
 
     def _setup_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -155,7 +151,7 @@ class Connection:
                 self.nc = self._owned = nc
                 self._keeper = asyncio.get_running_loop().create_task(_keep(nc))
                 self.ready = False
-            if not self.ready:
+            if not self.ready or nc.client_id != self._client_id:
                 await self._prepare_client(nc, operation, name)
             return nc
 
@@ -174,12 +170,10 @@ class Connection:
                     await self._prepare_client(nc, operation, name)
                 return nc
         nc = await self._call_provider(operation, name)
-        if nc is not self.nc:
+        if nc is not self.nc or nc.client_id != self._client_id:
             async with self._setup_lock():
                 self.nc = nc
                 await self._prepare_client(nc, operation, name)
-        else:
-            self._check_reconnected(nc)
         return nc
 
     async def _call_provider(self, operation: str, name: str) -> Client:
@@ -218,6 +212,7 @@ class Connection:
                     servers=self.servers,
                     error_cb=on_error,
                     disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
                     **_CONNECT_OPTIONS,
                 )
         except BaseException as exc:
@@ -237,6 +232,10 @@ class Connection:
                 ) from exc
             raise
         return nc
+
+    async def _on_reconnected(self) -> None:
+        logger.info("NATS sync backend reconnected")
+        self.ready = False  # check the bucket again before the next use
 
     async def _on_disconnected(self) -> None:
         if self._owned is not None and not self._owned.is_closed:

@@ -163,7 +163,8 @@ class JetStream:
         was not the expected one (`last` is the actual one when the server
         says it: a hint that may save a read, never relied upon).
         """
-        self._check_connected(nc, operation, name)
+        if not nc.is_connected:
+            self._check_connected(nc, operation, name)
         if self.config.rollup:
             headers[ROLLUP] = "sub"
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Annotated, Final, Self
 
 from nats.aio.client import Client
@@ -21,8 +22,6 @@ from grelmicro.sync._backends import RegisteredBackend, register_backend
 from grelmicro.sync.abc import FencedAcquire, FireRetake
 from grelmicro.sync.errors import SyncSettingsValidationError
 from grelmicro.sync.nats._codec import (
-    KEY_SUFFIX_ROOM,
-    MAX_KEY_LENGTH,
     KeyEncodingError,
     encode_key,
     ttl_seconds,
@@ -313,8 +312,7 @@ class NatsSyncBackend(RegisteredBackend):
         self, operation: str, name: str, token: str, duration: float
     ) -> FencedAcquire:
         key = self._key(name)
-        ttl = ttl_seconds_checked(duration)
-        lease_ms = max(1, math.ceil(round(duration * 1000, 3)))
+        ttl, lease_ms = _lease(duration)
         nc = await self._connection.client(operation, name)
         self._check_lease(ttl, operation, name)
         return await self._locks.acquire(nc, operation, name, key, token, ttl, lease_ms)
@@ -442,6 +440,22 @@ class NatsSyncBackend(RegisteredBackend):
         return await self._fires.retake(nc, name, key, fire, token, lease)
 
 
+def _lease(duration: object) -> tuple[int, int]:
+    """(TTL in whole seconds, exact lease in ms) for `duration` seconds."""
+    try:
+        return _lease_cached(duration)
+    except TypeError:  # unhashable: not a number anyway
+        ttl_seconds_checked(duration)
+        raise
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _lease_cached(duration: object) -> tuple[int, int]:
+    ttl = ttl_seconds_checked(duration)
+    assert isinstance(duration, int | float)
+    return ttl, max(1, math.ceil(round(duration * 1000, 3)))
+
+
 def ttl_seconds_checked(duration: object, parameter: str = "duration") -> int:
     """`ttl_seconds(duration)`, raising `SyncSettingsValidationError` naming it."""
     try:
@@ -457,4 +471,4 @@ def _check_fire(fire: object) -> None:
         raise SyncSettingsValidationError(msg)
 
 
-__all__ = ["KEY_SUFFIX_ROOM", "MAX_KEY_LENGTH", "REQUEST_TIMEOUT", "NatsSyncBackend"]
+__all__ = ["REQUEST_TIMEOUT", "NatsSyncBackend"]
