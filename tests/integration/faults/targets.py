@@ -18,8 +18,8 @@ KINDS = ["redis", "nats"]
 
 #: Leases as short as the tests can afford. NATS keeps TTLs in whole seconds
 #: (>= 1 s) and expires keys on a coarse sweep, but NatsSyncBackend honours
-#: the exact lease by the server's clock (a lease header and the server's
-#: timestamps), so both backends get the same small slack.
+#: the exact lease (each worker counts it on its own monotonic clock from
+#: when it received the holder's write), so both backends get a small slack.
 TIMINGS = {
     "redis": Timings(expiry_slack=0.1),
     "nats": Timings(expiry_slack=0.2),
