@@ -482,6 +482,11 @@ class Server:
             raise ServerControlUnavailableError(msg)
         return self._runner
 
+    @property
+    def is_running(self) -> bool:
+        """Whether the server was started and its process has not exited."""
+        return self._running and (self._runner is None or not self._runner.exited())
+
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         """(Re)start the server on the same port and wait until it is ready."""
         runner = self._control()
@@ -939,18 +944,28 @@ class NatsCluster:
 
 
 class RedisClusterServers:
-    """A Redis Cluster of `size` local primaries (no replicas) on loopback.
+    """A Redis Cluster of `size` local primaries on loopback.
 
     Slots are split evenly; `url` points at the first node (a cluster client
     discovers the others). Each node is a `RedisServer` with the usual
-    controls. Needs a local redis-server and the redis package.
+    controls. Needs a local redis-server and the redis package. With
+    `replicas`, each primary gets that many replicas and the cluster is
+    formed by `redis-cli --cluster create` (needs redis-cli); a killed
+    primary is replaced by one of its replicas after `node_timeout_ms`.
     """
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(
+        self, size: int = 3, *, replicas: int = 0, node_timeout_ms: int = 2000
+    ) -> None:
         if size < 1:
             msg = f"size must be >= 1, got {size}"
             raise ValueError(msg)
+        if replicas < 0:
+            msg = f"replicas must be >= 0, got {replicas}"
+            raise ValueError(msg)
         self.size = size
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
         self.servers: list[RedisServer] = []
 
     @property
@@ -969,7 +984,10 @@ class RedisClusterServers:
             msg = "the redis package is needed to form a Redis Cluster"
             raise ServerUnavailableError(msg) from exc
         try:
-            for port in _cluster_ports(self.size):
+            if self.replicas and shutil.which("redis-cli") is None:
+                msg = "no redis-cli binary to form a Redis Cluster with replicas"
+                raise ServerUnavailableError(msg)
+            for port in _cluster_ports(self.size * (1 + self.replicas)):
                 server = RedisServer(
                     source="local",
                     port=port,
@@ -979,7 +997,11 @@ class RedisClusterServers:
                         "--cluster-config-file",
                         f"nodes-{port}.conf",
                         "--cluster-node-timeout",
-                        "2000",
+                        str(self.node_timeout_ms),
+                        # A replica may take over however stale it is: the
+                        # failover tests measure what that costs.
+                        "--cluster-replica-validity-factor",
+                        "0",
                     ],
                 )
                 self.servers.append(server)
@@ -989,6 +1011,9 @@ class RedisClusterServers:
                 for s in self.servers
             ]
             try:
+                if self.replicas:
+                    self._create_with_redis_cli(clients)
+                    return self
                 step = 16384 // self.size
                 for index, client in enumerate(clients):
                     first = index * step
@@ -1014,6 +1039,96 @@ class RedisClusterServers:
             raise
         return self
 
+    def _create_with_redis_cli(self, clients: list[Any]) -> None:
+        """`redis-cli --cluster create` with replicas; wait until every link is up."""
+        argv = [
+            "redis-cli",
+            "--cluster",
+            "create",
+            *(f"{s.host}:{s.port}" for s in self.servers),
+            "--cluster-replicas",
+            str(self.replicas),
+            "--cluster-yes",
+        ]
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=READY_TIMEOUT * 3, check=False
+        )
+        if done.returncode != 0:
+            msg = (
+                f"redis-cli --cluster create failed: {done.stdout[-800:]}{done.stderr}"
+            )
+            raise ServerUnavailableError(msg)
+
+        def formed() -> bool:
+            if not all(
+                _cluster_state(client.execute_command("CLUSTER INFO")) == "ok"
+                for client in clients
+            ):
+                return False
+            roles = [client.execute_command("ROLE") for client in clients]
+            linked = [
+                r
+                for r in roles
+                if _text(r[0]) == "slave" and _text(r[3]) == "connected"
+            ]
+            return len(linked) == self.size * self.replicas
+
+        if not wait_until(formed, READY_TIMEOUT * 2, interval=0.1):
+            msg = "the Redis Cluster's replicas did not all connect in time"
+            raise ServerUnavailableError(msg)
+
+    def primary_for(self, key: str) -> RedisServer:
+        """The node currently serving `key`'s slot as a primary."""
+        import redis
+        from redis.crc import key_slot
+
+        wanted = key_slot(key.encode())
+        for server in self.servers:
+            if not server.is_running:
+                continue
+            client = redis.Redis(host=server.host, port=server.port, socket_timeout=2)
+            try:
+                for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                    if start <= wanted <= end:
+                        port = int(primary[1])
+                        return next(s for s in self.servers if s.port == port)
+            except Exception:
+                continue
+            finally:
+                client.close()
+        msg = f"no node serves the slot of {key!r}"
+        raise ServerUnavailableError(msg)
+
+    def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
+        """The running nodes replicating `primary`."""
+        return _replicas_of(primary, self.servers)
+
+    def wait_healthy(self, timeout: float = READY_TIMEOUT * 2) -> None:
+        """Wait until the cluster is ok and every running replica is linked."""
+        import redis
+
+        def healthy() -> bool:
+            running = [s for s in self.servers if s.is_running]
+            for server in running:
+                client = redis.Redis(
+                    host=server.host, port=server.port, socket_timeout=1
+                )
+                try:
+                    if _cluster_state(client.execute_command("CLUSTER INFO")) != "ok":
+                        return False
+                    role = client.execute_command("ROLE")
+                    if _text(role[0]) == "slave" and _text(role[3]) != "connected":
+                        return False
+                except Exception:
+                    return False
+                finally:
+                    client.close()
+            return True
+
+        if not wait_until(healthy, timeout, interval=0.1):
+            msg = f"the Redis Cluster did not become healthy in {timeout}s"
+            raise ServerUnavailableError(msg)
+
     def close(self) -> None:
         """Stop every node."""
         for server in self.servers:
@@ -1030,6 +1145,245 @@ class RedisClusterServers:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class RedisSentinelServer(RedisServer):
+    """One Redis Sentinel watching `service` at `primary` (host, port)."""
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        primary: tuple[str, int],
+        down_after_ms: int,
+        failover_timeout_ms: int,
+    ) -> None:
+        super().__init__(source="local")
+        self.service = service
+        self.primary = primary
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+
+    def _open_local(self) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            msg = "no redis-server binary to run a Redis Sentinel"
+            raise ServerUnavailableError(msg)
+        self.port = free_port()
+        host, port = self.primary
+        config = self.tmp_dir / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.tmp_dir}\n"
+            f"sentinel monitor {self.service} {host} {port} 2\n"
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.service} 2\n"
+        )
+        # `redis-sentinel` is the same program as `redis-server --sentinel`.
+        argv = [binary, str(config), "--sentinel"]
+        self._runner = _ProcessRunner(argv, self.tmp_dir / "sentinel.log")
+        self._url = f"redis://{self.host}:{self.port}/0"
+        self.start()
+
+
+class RedisSentinelServers:
+    """A Sentinel-managed primary on loopback: 1 primary, `replicas`, `sentinels`.
+
+    Clients discover the primary through `sentinels` (host, port pairs) and
+    the service name `service`. A killed primary is replaced by a replica
+    about `down_after_ms` plus an election later.
+    """
+
+    def __init__(
+        self,
+        *,
+        replicas: int = 2,
+        sentinels: int = 3,
+        service: str = "grelmicro",
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ) -> None:
+        self.replicas = replicas
+        self.sentinel_count = sentinels
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.servers: list[RedisServer] = []
+        self.sentinel_servers: list[RedisSentinelServer] = []
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The sentinels' (host, port) addresses."""
+        return [(s.host, s.port) for s in self.sentinel_servers]
+
+    def open(self) -> Self:
+        """Start the primary, its replicas, then the sentinels; wait until all agree."""
+        if find_redis_server() is None:
+            msg = "no redis-server binary for a Sentinel setup"
+            raise ServerUnavailableError(msg)
+        try:
+            primary = RedisServer(source="local")
+            self.servers.append(primary)
+            primary.open()
+            for _ in range(self.replicas):
+                replica = RedisServer(
+                    source="local",
+                    extra_args=["--replicaof", primary.host, str(primary.port)],
+                )
+                self.servers.append(replica)
+                replica.open()
+            for _ in range(self.sentinel_count):
+                sentinel = RedisSentinelServer(
+                    service=self.service,
+                    primary=(primary.host, primary.port),
+                    down_after_ms=self.down_after_ms,
+                    failover_timeout_ms=self.failover_timeout_ms,
+                )
+                self.sentinel_servers.append(sentinel)
+                sentinel.open()
+            self.wait_healthy()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def primary(self) -> RedisServer:
+        """The server the sentinels currently name as the primary."""
+        import redis
+
+        for host, port in self.sentinels:
+            client = redis.Redis(host=host, port=port, socket_timeout=1)
+            try:
+                address = client.execute_command(
+                    "SENTINEL GET-MASTER-ADDR-BY-NAME", self.service
+                )
+            except Exception:
+                continue
+            finally:
+                client.close()
+            if address:
+                found = int(address[1])
+                return next(s for s in self.servers if s.port == found)
+        msg = "no sentinel names a primary"
+        raise ServerUnavailableError(msg)
+
+    def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
+        """The running servers replicating `primary`."""
+        return _replicas_of(primary, self.servers)
+
+    def rejoin(self, server: RedisServer) -> None:
+        """Restart a killed server as a replica of the current primary.
+
+        An operator's (or orchestrator's) job: the sentinels would convert a
+        returning old primary too, but only after several INFO periods.
+        """
+        import redis
+
+        if server.is_running:
+            return
+        primary = self.primary()
+        server.start()
+        client = redis.Redis(host=server.host, port=server.port, socket_timeout=2)
+        try:
+            client.execute_command("REPLICAOF", primary.host, primary.port)
+        finally:
+            client.close()
+
+    def wait_healthy(self, timeout: float = READY_TIMEOUT * 2) -> None:
+        """Wait until every sentinel sees the others, and every running replica is linked."""
+        import redis
+
+        def healthy() -> bool:
+            primary = self.primary()
+            if not primary.is_running:
+                return False
+            running = [s for s in self.servers if s.is_running and s is not primary]
+            if len(_replicas_of(primary, self.servers)) != len(running):
+                return False
+            for host, port in self.sentinels:
+                client = redis.Redis(host=host, port=port, socket_timeout=1)
+                try:
+                    info = client.execute_command("SENTINEL MASTER", self.service)
+                finally:
+                    client.close()
+                fields = _pairs(info)
+                if int(fields.get("num-other-sentinels", 0)) != len(self.sentinels) - 1:
+                    return False
+                if int(fields.get("num-slaves", 0)) < len(running):
+                    return False
+                if int(fields.get("port", 0)) != primary.port:
+                    return False
+            return True
+
+        def check() -> bool:
+            try:
+                return healthy()
+            except Exception:
+                return False
+
+        if not wait_until(check, timeout, interval=0.1):
+            msg = f"the Sentinel setup did not become healthy in {timeout}s"
+            raise ServerUnavailableError(msg)
+
+    def close(self) -> None:
+        """Stop every sentinel and server."""
+        for server in [*self.sentinel_servers, *self.servers]:
+            server.close()
+        self.sentinel_servers = []
+        self.servers = []
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    """A flat [key, value, ...] reply (or a dict) as a dict of str."""
+    if isinstance(reply, dict):
+        return {_text(k): _text(v) for k, v in reply.items()}
+    items = [_text(x) for x in reply]
+    return dict(zip(items[::2], items[1::2], strict=False))
+
+
+def _replicas_of(
+    primary: RedisServer, servers: Sequence[RedisServer]
+) -> list[RedisServer]:
+    """The running servers whose replication link to `primary` is up."""
+    import redis
+
+    linked = []
+    for server in servers:
+        if server is primary or not server.is_running:
+            continue
+        client = redis.Redis(host=server.host, port=server.port, socket_timeout=1)
+        try:
+            role = client.execute_command("ROLE")
+        except Exception:
+            continue
+        finally:
+            client.close()
+        if (
+            _text(role[0]) == "slave"
+            and int(role[2]) == primary.port
+            and _text(role[3]) == "connected"
+        ):
+            linked.append(server)
+    return linked
 
 
 def _cluster_state(info: Any) -> str:
@@ -1086,7 +1440,9 @@ def _open_concurrently(members: list[NatsServer]) -> None:
 
 # Pytest integration -------------------------------------------------------------
 
-S = TypeVar("S", bound=Server | NatsCluster | RedisClusterServers)
+S = TypeVar(
+    "S", bound=Server | NatsCluster | RedisClusterServers | RedisSentinelServers
+)
 
 
 def launch(server: S) -> S:
@@ -1105,6 +1461,8 @@ __all__ = [
     "NatsCluster",
     "NatsServer",
     "RedisClusterServers",
+    "RedisSentinelServer",
+    "RedisSentinelServers",
     "RedisServer",
     "Server",
     "ServerControlUnavailableError",

@@ -283,20 +283,23 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         Raises `Unacknowledged` (carrying the script's answer) when fewer than
         `wait_replicas` replicas acknowledged the write in `wait_timeout`.
         """
+        wait = ("WAIT", self._wait_replicas, self._wait_ms)
         for use_sha in (True, False):
             pipe = client.pipeline(transaction=False)
-            if use_sha:
-                pipe.evalsha(script.sha, script.keys, *keys, *args)
-            else:
-                pipe.eval(script.source, script.keys, *keys, *args)
+            call = (("EVALSHA", script.sha) if use_sha else ("EVAL", script.source)) + (
+                script.keys,
+                *keys,
+                *args,
+            )
             if isinstance(client, RedisCluster):
-                # WAIT counts the replicas of the node the script ran on.
+                # Both on the node serving the keys' slot: WAIT counts the
+                # replicas of the node the script ran on.
                 node = client.get_node_from_key(keys[0])
-                pipe.execute_command(
-                    "WAIT", self._wait_replicas, self._wait_ms, target_nodes=node
-                )
+                pipe.execute_command(*call, target_nodes=node)
+                pipe.execute_command(*wait, target_nodes=node)
             else:
-                pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+                pipe.execute_command(*call)
+                pipe.execute_command(*wait)
             result, acks = await pipe.execute(raise_on_error=False)
             if use_sha and isinstance(result, NoScriptError):
                 continue

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
@@ -59,7 +60,7 @@ class ClientSource:
         self._url = url
         self._borrowed = client
         self._provider = provider
-        self._owned: Redis | None = None
+        self._owned: RedisClient | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
         self._guardian: asyncio.Task[None] | None = None
         # Commands in flight at once: a URL client opens at most
@@ -94,16 +95,7 @@ class ClientSource:
             await self._retire()
             # Connections belong to one event loop: a new loop gets a new client.
             assert self._url is not None
-            self._owned = Redis.from_url(
-                self._url,
-                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
-                socket_timeout=SOCKET_TIMEOUT,
-                retry=Retry(
-                    ExponentialWithJitterBackoff(base=0.01, cap=0.1),
-                    retries=1,
-                    supported_errors=(RedisConnectionError,),
-                ),
-            )
+            self._owned = await _connect(self._url)
             self._owned_loop = loop
             self._guardian = loop.create_task(
                 self._close_at_loop_end(self._owned),
@@ -111,7 +103,7 @@ class ClientSource:
             )
         return self._owned
 
-    async def _close_at_loop_end(self, client: Redis) -> None:
+    async def _close_at_loop_end(self, client: RedisClient) -> None:
         """Close `client` when its event loop ends (`asyncio.run` cancels this).
 
         An event loop's connections cannot be closed once the loop is closed:
@@ -179,3 +171,31 @@ class ClientSource:
         if self._borrowed is not None:
             return f"client={self._borrowed!r}"
         return "client=<provider>"
+
+
+async def _connect(url: str) -> RedisClient:
+    """A client for `url`: a `RedisCluster` when the server is a cluster node.
+
+    One round trip (``INFO cluster``) tells; it is made once per client (per
+    event loop). A failure raises: the next operation asks again.
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "retry": Retry(
+            ExponentialWithJitterBackoff(base=0.01, cap=0.1),
+            retries=1,
+            supported_errors=(RedisConnectionError,),
+        ),
+    }
+    client = Redis.from_url(url, **options)
+    try:
+        info: Any = await client.info("cluster")
+        cluster = bool(int(info.get("cluster_enabled", 0)))
+    except BaseException:
+        await client.aclose()
+        raise
+    if not cluster:
+        return client
+    await client.aclose()
+    return RedisCluster.from_url(url, **options)
