@@ -490,6 +490,14 @@ class RunRecorder:
     def finish(self, outcome: str, error: BaseException | None = None) -> None:
         """End the run with `outcome` (and the error for ``error``)."""
 
+    def cancel(self) -> None:
+        """End a run cut off by the worker stopping (neither failed nor lost).
+
+        Its span ends (with ``task.cancelled``) and it leaves the active
+        count, but it is counted neither in the runs nor in the durations:
+        a deploy does not show up as failures.
+        """
+
 
 _NOOP_RECORDER = RunRecorder()
 
@@ -551,6 +559,16 @@ class _Recorder(RunRecorder):
         if token is not None and self._span is not None:
             self._span.set_attribute("task.fencing_token", token)
 
+    def cancel(self) -> None:
+        """End a run cut off by the worker stopping (neither failed nor lost)."""
+        instruments = self._instruments
+        if instruments is not None:
+            instruments.active[self._name] -= 1
+        span = self._span
+        if span is not None:
+            span.set_attribute("task.cancelled", True)
+            self._end_span(span)
+
     def finish(self, outcome: str, error: BaseException | None = None) -> None:
         """End the run with `outcome` (and the error for ``error``)."""
         elapsed = _monotonic() - self._started
@@ -576,6 +594,12 @@ class _Recorder(RunRecorder):
             if error is not None:
                 span.record_exception(error)
             span.set_status(tracing.error_status(_describe(error)))
+        self._end_span(span)
+
+    def _end_span(self, span: Any) -> None:
+        self._span = None
+        tracing = self._tracing
+        assert tracing is not None
         # Restore the context only where start_run set it: the same task (a
         # context token cannot be reset from another context, and the
         # task's context dies with it anyway).

@@ -429,3 +429,28 @@ async def test_finish_in_another_task(
         context.detach(token)  # this test's own clean-up
     assert [span.name for span in otel.spans()] == ["grelmicro.task.run"]
     assert "Failed to detach context" not in caplog.text
+
+
+def test_cancelled_run(otel: Otel) -> None:
+    """A run cut off by the shutdown: a span, no run counted, no duration."""
+    before = trace.get_current_span()
+    recorder = _metrics.start_run("job", scheduled_at=time.time())
+    assert otel.value("grelmicro.task.active", task_name="job") == 1
+    recorder.cancel()
+    assert otel.value("grelmicro.task.active", task_name="job") == 0
+    assert otel.points(RUNS) == {}
+    assert otel.points("grelmicro.task.duration") == {}
+    (span,) = otel.spans()
+    attributes = dict(span.attributes or {})
+    assert attributes["task.cancelled"] is True
+    assert "task.outcome" not in attributes
+    assert span.status.status_code is StatusCode.UNSET
+    assert trace.get_current_span() is before
+
+
+def test_cancel_without_provider() -> None:
+    _metrics.use_providers()
+    try:
+        _metrics.start_run("job", scheduled_at=time.time()).cancel()
+    finally:
+        _metrics.use_providers(reset=True)
