@@ -1,4 +1,7 @@
-"""Scheduler overhead worker: N local interval jobs every second, in one process.
+"""Scheduler overhead worker: N local jobs every second, in one process.
+
+Interval targets run N jobs every 1 s; cron targets run N jobs on the
+six-field schedule ``* * * * * *`` (every whole second).
 
 Started by ``run.py`` once per target and round, in a fresh process (in the
 target's own virtual environment). It prints one JSON object:
@@ -13,8 +16,9 @@ target's own virtual environment). It prints one JSON object:
 - ``late_p50_ms`` / ``late_p99_ms`` / ``late_max_ms``: how late each run
   started compared with what the scheduler promises (for interval-after-end
   schedulers: the previous run + 1 s; for APScheduler's fixed-rate interval
-  trigger: its own schedule), over the runs inside the window (each job's
-  first run excluded);
+  trigger: its own schedule; for cron targets: the whole second the run is
+  due at), over the runs inside the window (each interval job's first run
+  excluded);
 - ``runs_per_job_s``: runs per job per second inside the window.
 
 Every job is an ``async def`` that only records its start time.
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import heapq
 import json
+import math
 import os
 import resource
 import sys
@@ -68,6 +73,24 @@ class Recorder:
         job.__qualname__ = job.__name__ = f"job_{index}"
         return job
 
+    def cron_job(self, index: int) -> Callable[[], Awaitable[None]]:
+        """A job due at every whole second of the wall clock."""
+        late = self.late
+        wall = time.time
+        mono = time.monotonic
+
+        async def job() -> None:
+            now = wall()
+            delay = now - math.floor(now)
+            if delay > 0.9:  # a hair early for the next second
+                delay -= 1.0
+            if self.window_start <= mono() < self.window_end:
+                late.append(delay)
+                self.runs += 1
+
+        job.__qualname__ = job.__name__ = f"cron_{index}"
+        return job
+
 
 async def run_sleep_loop(rec: Recorder, jobs: int) -> None:
     async def loop(job: Callable[[], Awaitable[None]]) -> None:
@@ -97,6 +120,39 @@ async def run_heap_loop(rec: Recorder, jobs: int) -> None:
             await asyncio.sleep(heap[0][0] - clock())
 
     rec.keep = asyncio.create_task(timer())  # type: ignore[attr-defined]
+
+
+async def run_cron_sleep_loop(rec: Recorder, jobs: int) -> None:
+    async def loop(job: Callable[[], Awaitable[None]]) -> None:
+        last = 0.0
+        while True:
+            due = max(math.floor(time.time()) + 1.0, last + 1.0)
+            await asyncio.sleep(due - time.time())
+            last = due
+            await job()
+
+    tasks = [asyncio.create_task(loop(rec.cron_job(i))) for i in range(jobs)]
+    rec.keep = tasks  # type: ignore[attr-defined]
+
+
+async def run_apscheduler_cron(rec: Recorder, jobs: int) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    scheduler = AsyncIOScheduler()
+    for i in range(jobs):
+        scheduler.add_job(rec.cron_job(i), "cron", second="*", id=str(i))
+    scheduler.start()
+    rec.keep = scheduler  # type: ignore[attr-defined]
+
+
+async def run_grelmicro_cron(rec: Recorder, jobs: int) -> None:
+    from grelmicro.task import TaskManager
+
+    manager = TaskManager()
+    for i in range(jobs):
+        manager.cron("* * * * * *", name=f"cron-{i}", local=True)(rec.cron_job(i))
+    await manager.__aenter__()
+    rec.keep = manager  # type: ignore[attr-defined]
 
 
 async def run_apscheduler(rec: Recorder, jobs: int) -> None:
@@ -143,6 +199,9 @@ TARGETS: dict[str, tuple[str, Callable[[Recorder, int], Awaitable[None]]]] = {
     "apscheduler": ("apscheduler.schedulers.asyncio", run_apscheduler),
     "grelmicro060": ("grelmicro.task", run_grelmicro),
     "grelmicro": ("grelmicro.task", run_grelmicro),
+    "cron-sleep-loop": ("asyncio", run_cron_sleep_loop),
+    "apscheduler-cron": ("apscheduler.schedulers.asyncio", run_apscheduler_cron),
+    "grelmicro-cron": ("grelmicro.task", run_grelmicro_cron),
 }
 
 
@@ -163,9 +222,13 @@ def _where(path: str | None) -> str | None:
 def _version(target: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
-    package = {"apscheduler": "apscheduler", "grelmicro060": "grelmicro"}.get(
-        target, "grelmicro" if target == "grelmicro" else None
-    )
+    package = {
+        "apscheduler": "apscheduler",
+        "apscheduler-cron": "apscheduler",
+        "grelmicro060": "grelmicro",
+        "grelmicro": "grelmicro",
+        "grelmicro-cron": "grelmicro",
+    }.get(target)
     if package is None:
         return sys.version.split()[0]
     try:
