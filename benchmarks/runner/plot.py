@@ -16,7 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-COLORS = {"floor": "#9e9e9e", "project": "#d9480f", "peer": "#4c8bd6"}
+COLORS = {
+    "floor": "#9e9e9e",
+    "project": "#d9480f",
+    "baseline": "#f4a261",
+    "peer": "#4c8bd6",
+}
 
 
 def bench(output: dict[str, Any], name: str) -> dict[str, Any] | None:

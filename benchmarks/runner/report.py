@@ -4,63 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def _n(value: Any, digits: int = 0, suffix: str = "") -> str:
-    if value is None or value != value:  # None or NaN
-        return "—"
-    if digits == 0:
-        return f"{value:,.0f}{suffix}"
-    return f"{value:,.{digits}f}{suffix}"
-
-
-def _s(status: str, limit: int = 160) -> str:
-    """A status that fits in a table cell."""
-    text = " ".join(status.replace("|", "/").split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _x(value: Any) -> str:
-    return "—" if value is None else f"{value:.2f}x"
+from runner.tables import (
+    _bench,
+    _load_tables,
+    _lock_tables,
+    _met,
+    _n,
+    _ok,
+    _row,
+    _s,
+    _scheduler_tables,
+    _takeover_tables,
+    _x,
+)
 
 
-def _startup(row: dict[str, Any]) -> str:
-    """Start-up; a scheduler never idle within the cap shows as a lower bound."""
-    if row.get("startup_idle", True):
-        return _n(row.get("startup_s"), 3, " s")
-    return f">= {_n(row.get('startup_s'), 1, ' s')} (never idle)"
+def _row_line(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
-def _bench(output: dict[str, Any], name: str) -> dict[str, Any] | None:
-    for bench in output["benchmarks"]:
-        if bench["name"] == name:
-            return bench
-    return None
-
-
-def _row(bench: dict[str, Any] | None, target: str) -> dict[str, Any]:
-    if bench is None:
-        return {}
-    for row in bench["rows"]:
-        if row["target"] == target:
-            return row
-    return {}
-
-
-def _ok(row: dict[str, Any]) -> bool:
-    return row.get("status") == "ok"
-
-
-def _met(value: Any, limit: float, below: bool) -> str:
-    if value is None or value != value:
-        return "not measured"
-    return "yes" if (value <= limit if below else value >= limit) else "**no**"
-
-
-def _summary(output: dict[str, Any]) -> list[str]:
-    lines = [
-        "| Benchmark | Floor | Best peer | This project | Target | Met |",
-        "|---|---|---|---|---|---|",
-    ]
+def _lock_summary(output: dict[str, Any]) -> list[str]:
+    """Issue 15: Redis backend and Lock >= 1.0x the floor and ahead of every
+    peer; NATS >= 0.9x. With a baseline: issue 11's fencing overhead < 5%."""
+    lines = []
     for kind, label, goal in (("redis", "Redis", 1.0), ("nats", "NATS", 0.9)):
         for mode, mode_label in (("seq", "sequential"), ("conc", "8 coroutines")):
             bench = _bench(output, f"lock-{kind}-{mode}")
@@ -69,263 +35,207 @@ def _summary(output: dict[str, Any]) -> list[str]:
             floor = _row(bench, bench["floor"])
             peers = [r for r in bench["rows"] if r["role"] == "peer" and r.get("ratio")]
             best = max(peers, key=lambda r: r["ratio"], default=None)
-            backend = _row(bench, f"{kind}-grelmicro-backend")
-            lock = _row(bench, f"{kind}-grelmicro-lock")
-            lines.append(
-                f"| {label} lock cycle, {mode_label} | {_n(floor.get('ops'))}/s | "
-                + (f"{best['label']} {_x(best['ratio'])}" if best else "—")
-                + f" | backend {_x(backend.get('ratio'))}, Lock {_x(lock.get('ratio'))} | "
-                f">= {goal:.1f}x floor | backend {_met(backend.get('ratio'), goal, below=False)}, "
-                f"Lock {_met(lock.get('ratio'), goal, below=False)} |"
+            ours = {
+                name: _row(bench, f"{kind}-grelmicro-{name.lower()}").get("ratio")
+                for name in ("backend", "Lock")
+            }
+            bar = max(goal, best["ratio"] if best and kind == "redis" else 0.0)
+            target = f">= {goal:.1f}x floor" + (
+                ", ahead of every peer" if kind == "redis" else ""
             )
+            lines.append(
+                _row_line(
+                    f"{label} lock cycle, {mode_label}",
+                    f"{_n(floor.get('ops'))}/s",
+                    f"{best['label']} {_x(best['ratio'])}" if best else "—",
+                    ", ".join(f"{k} {_x(v)}" for k, v in ours.items()),
+                    target,
+                    ", ".join(
+                        f"{k} {_met(v, bar, below=False)}" for k, v in ours.items()
+                    ),
+                )
+            )
+            if bench.get("baseline"):
+                changes = {
+                    name: _row(bench, f"{kind}-grelmicro-{name.lower()}").get(
+                        "vs_baseline"
+                    )
+                    for name in ("backend", "Lock")
+                }
+                lines.append(
+                    _row_line(
+                        f"{label} lock cycle, {mode_label}, vs {bench['baseline']}",
+                        "—",
+                        "—",
+                        ", ".join(f"{k} {_x(v)}" for k, v in changes.items()),
+                        "overhead < 5% (>= 0.95x)",
+                        ", ".join(
+                            f"{k} {_met(v, 0.95, below=False)}"
+                            for k, v in changes.items()
+                        ),
+                    )
+                )
+    return lines
+
+
+def _peer_list(rows: list[dict[str, Any]], metric: str, digits: int, unit: str) -> str:
+    parts = []
+    for r in sorted(rows, key=lambda r: r[metric]):
+        value = f"{_n(r[metric], digits)}{unit}"
+        if metric == "startup_s" and not r.get("startup_idle", True):
+            value = f">= {value}"
+        part = f"{r['label']} {value}"
+        if r.get("runs_per_job_s", 1) < 0.9:
+            part += f" (ran {r['runs_per_job_s']:.0%} of the ticks)"
+        parts.append(part)
+    return ", ".join(parts) or "—"
+
+
+def _scheduler_summary(output: dict[str, Any]) -> list[str]:
+    """Issue 15: 10,000 local interval tasks: late p99 <= the sleep loop's,
+    CPU <= 0.8x the sleep loop, RSS <= 60 MiB, start-up <= 0.3 s. Issue 12:
+    the same figures for cron tasks, beside APScheduler's cron trigger."""
     scheds = [b for b in output["benchmarks"] if b["name"].startswith("scheduler-")]
-    if scheds:
-        bench = max(scheds, key=lambda b: b["jobs"])
-        jobs = f"{bench['jobs']:,} local tasks"
-        sleep, heap, ours = (
-            _row(bench, t) for t in ("sleep-loop", "heap-loop", "grelmicro")
+    if not scheds:
+        return []
+    bench = max(scheds, key=lambda b: b["jobs"])
+    jobs = f"{bench['jobs']:,} local tasks"
+    sleep, heap, ours = (
+        _row(bench, t) for t in ("sleep-loop", "heap-loop", "grelmicro")
+    )
+    peers = [
+        r for r in bench["rows"] if r["role"] == "peer" and _ok(r) and "cpu_per_s" in r
+    ]
+    lines = [
+        _row_line(
+            f"{jobs}, CPU s per s",
+            f"{_n(sleep.get('cpu_per_s'), 3)} (sleep loop), "
+            f"{_n(heap.get('cpu_per_s'), 3)} (heap loop)",
+            _peer_list(peers, "cpu_per_s", 3, ""),
+            f"{_n(ours.get('cpu_per_s'), 3)} ({_x(ours.get('cpu_ratio'))} sleep loop)",
+            "<= 0.8x sleep loop",
+            _met(ours.get("cpu_ratio"), 0.8, below=True),
+        ),
+        _row_line(
+            f"{jobs}, lateness p99",
+            f"{_n(sleep.get('late_p99_ms'), 2)} ms (sleep loop)",
+            _peer_list(peers, "late_p99_ms", 2, " ms"),
+            f"{_n(ours.get('late_p99_ms'), 2)} ms",
+            "<= sleep loop",
+            _met(ours.get("late_p99_ms"), sleep.get("late_p99_ms") or 0, below=True),
+        ),
+        _row_line(
+            f"{jobs}, peak RSS",
+            f"{_n(sleep.get('peak_rss_mib'), 1)} MiB (sleep loop)",
+            _peer_list(peers, "peak_rss_mib", 1, " MiB"),
+            f"{_n(ours.get('peak_rss_mib'), 1)} MiB",
+            "<= 60 MiB",
+            _met(ours.get("peak_rss_mib"), 60, below=True),
+        ),
+        _row_line(
+            f"{jobs}, start-up",
+            f"{_n(sleep.get('startup_s'), 3)} s (sleep loop)",
+            _peer_list(peers, "startup_s", 2, " s"),
+            f"{_n(ours.get('startup_s'), 3)} s",
+            "<= 0.3 s",
+            _met(ours.get("startup_s"), 0.3, below=True),
+        ),
+    ]
+    cron = _bench(output, f"cron-{bench['jobs']}")
+    if cron is None:
+        return lines
+    floor, mine = _row(cron, "cron-sleep-loop"), _row(cron, "grelmicro-cron")
+    cron_peers = [
+        r for r in cron["rows"] if r["role"] == "peer" and _ok(r) and "cpu_per_s" in r
+    ]
+    for metric, label, digits, unit in (
+        ("cpu_per_s", "CPU s per s", 3, ""),
+        ("late_p99_ms", "lateness p99", 2, " ms"),
+        ("peak_rss_mib", "peak RSS", 1, " MiB"),
+        ("startup_s", "start-up", 3, " s"),
+    ):
+        interval = ours.get(metric)
+        lines.append(
+            _row_line(
+                f"{bench['jobs']:,} cron tasks, {label}",
+                f"{_n(floor.get(metric), digits)}{unit} (sleep loop to the second)",
+                _peer_list(cron_peers, metric, digits, unit),
+                f"{_n(mine.get(metric), digits)}{unit} "
+                f"(interval tasks: {_n(interval, digits)}{unit})",
+                "—",
+                "—",
+            )
         )
-        peers = [
-            r
-            for r in bench["rows"]
-            if r["role"] == "peer" and _ok(r) and "cpu_per_s" in r
-        ]
+    return lines
 
-        def peer_list(metric: str, digits: int, unit: str) -> str:
-            ranked = sorted(peers, key=lambda r: r[metric])
-            parts = []
-            for r in ranked:
-                value = f"{_n(r[metric], digits)}{unit}"
-                if metric == "startup_s" and not r.get("startup_idle", True):
-                    value = f">= {value}"
-                part = f"{r['label']} {value}"
-                if r.get("runs_per_job_s", 1) < 0.9:
-                    part += f" (ran {r['runs_per_job_s']:.0%} of the ticks)"
-                parts.append(part)
-            return ", ".join(parts) or "—"
 
-        lines.append(
-            f"| {jobs}, CPU s per s | {_n(sleep.get('cpu_per_s'), 3)} (sleep loop), "
-            f"{_n(heap.get('cpu_per_s'), 3)} (heap loop) | {peer_list('cpu_per_s', 3, '')} | "
-            f"{_n(ours.get('cpu_per_s'), 3)} ({_x(ours.get('cpu_ratio'))} sleep loop) | "
-            f"<= sleep-loop floor | {_met(ours.get('cpu_ratio'), 1.0, below=True)} |"
-        )
-        lines.append(
-            f"| {jobs}, peak RSS | {_n(sleep.get('peak_rss_mib'), 1)} MiB (sleep loop) | "
-            f"{peer_list('peak_rss_mib', 1, ' MiB')} | {_n(ours.get('peak_rss_mib'), 1)} MiB | "
-            f"<= 60 MiB | {_met(ours.get('peak_rss_mib'), 60, below=True)} |"
-        )
-        lines.append(
-            f"| {jobs}, start-up | {_n(sleep.get('startup_s'), 3)} s (sleep loop) | "
-            f"{peer_list('startup_s', 2, ' s')} | {_n(ours.get('startup_s'), 3)} s | "
-            f"<= 0.3 s | {_met(ours.get('startup_s'), 0.3, below=True)} |"
-        )
+def _multi_summary(output: dict[str, Any]) -> list[str]:
+    """Issue 15: round trips per locked execution <= 0.1; NATS server
+    messages per execution <= 3.0; graceful takeover <= 0.05 s."""
+    lines = []
     load = _bench(output, "load")
     if load:
         peer = _row(load, "grelmicro060-redis")
         for target, label in (("grelmicro-redis", "Redis"), ("grelmicro-nats", "NATS")):
             ours = _row(load, target)
             lines.append(
-                f"| Round trips per locked execution, 3 workers, {label} | 3.0 (one attempt per worker per tick) | "
-                f"grelmicro 0.6.0 (Redis) {_n(peer.get('client_rt_per_exec'), 2)} | "
-                f"{_n(ours.get('client_rt_per_exec'), 2)} | <= 1.5 | "
-                f"{_met(ours.get('client_rt_per_exec'), 1.5, below=True)} |"
+                _row_line(
+                    f"Round trips per locked execution, 3 workers, {label}",
+                    "—",
+                    f"grelmicro 0.6.0 (Redis) {_n(peer.get('client_rt_per_exec'), 2)}",
+                    _n(ours.get("client_rt_per_exec"), 2),
+                    "<= 0.1",
+                    _met(ours.get("client_rt_per_exec"), 0.1, below=True),
+                )
             )
+        ours = _row(load, "grelmicro-nats")
+        lines.append(
+            _row_line(
+                "Server messages in per locked execution, 3 workers, NATS",
+                "—",
+                "—",
+                _n(ours.get("server_cmds_per_exec"), 2),
+                "<= 3.0",
+                _met(ours.get("server_cmds_per_exec"), 3.0, below=True),
+            )
+        )
     takeover = _bench(output, "takeover")
     if takeover:
         peer = _row(takeover, "grelmicro060-redis")
         lease, retry = takeover["lease"], takeover["retry"]
-        for kind, label, limit, floor in (
-            ("graceful", "after graceful stop", 0.05, "—"),
-            ("sigkill", "after SIGKILL", lease + retry, f"lease ({lease:g} s)"),
+        for kind, label, limit, floor, judged in (
+            ("graceful", "after graceful stop", 0.05, "—", ("Redis",)),
+            ("sigkill", "after SIGKILL", lease + retry, f"lease ({lease:g} s)", None),
         ):
-            ours = [
-                f"{name} {_n(_row(takeover, t).get(f'{kind}_s'), 3)} s"
-                for t, name in (
-                    ("grelmicro-redis", "Redis"),
-                    ("grelmicro-nats", "NATS"),
-                )
-            ]
-            worst = max(
-                (
-                    _row(takeover, t).get(f"{kind}_s", float("nan"))
-                    for t in ("grelmicro-redis", "grelmicro-nats")
-                ),
-                key=lambda v: (v == v, v),
-            )
+            values = {
+                name: _row(takeover, f"grelmicro-{name.lower()}").get(f"{kind}_s")
+                for name in ("Redis", "NATS")
+            }
             lines.append(
-                f"| Takeover {label} | {floor} | grelmicro 0.6.0 (Redis) "
-                f"{_n(peer.get(f'{kind}_s'), 3)} s | {', '.join(ours)} | <= {limit:g} s | "
-                f"{_met(worst, limit, below=True)} |"
+                _row_line(
+                    f"Takeover {label}",
+                    floor,
+                    f"grelmicro 0.6.0 (Redis) {_n(peer.get(f'{kind}_s'), 3)} s",
+                    ", ".join(f"{k} {_n(v, 3)} s" for k, v in values.items()),
+                    f"<= {limit:g} s" + (f" ({', '.join(judged)})" if judged else ""),
+                    ", ".join(
+                        f"{k} {_met(v, limit, below=True)}"
+                        for k, v in values.items()
+                        if judged is None or k in judged
+                    ),
+                )
             )
     return lines
 
 
-def _lock_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
-    lines: list[str] = []
-    for bench in output["benchmarks"]:
-        if not bench["name"].startswith("lock-"):
-            continue
-        rounds = output["settings"]["lock_rounds"]
-        lines += [
-            f"### {bench['title']}",
-            "",
-            f"{bench['unit']}, median of {rounds} rounds; ratio = target / floor of the same round.",
-            "",
-        ]
-        seq = bench["name"].endswith("-seq")
-        header = "| Target | cycles/s | ratio to floor |" + (
-            " p50 latency | p99 latency |" if seq else ""
-        )
-        lines += [header, "|---|---|---|" + ("---|---|" if seq else "")]
-        for row in bench["rows"]:
-            if "ops" not in row:
-                lines.append(
-                    f"| {row['label']} | {_s(row['status'])} | — |"
-                    + (" — | — |" if seq else "")
-                )
-                continue
-            label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
-            line = f"| {label} | {_n(row['ops'])} | {_x(row.get('ratio'))} |"
-            if seq:
-                line += (
-                    f" {_n(row.get('p50_ms'), 3)} ms | {_n(row.get('p99_ms'), 3)} ms |"
-                )
-            lines.append(line)
-            if row["status"] != "ok":
-                notes.append(f"{row['label']}: {row['status']}")
-        lines.append("")
-    return lines
-
-
-def _scheduler_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
-    lines: list[str] = []
-    for bench in output["benchmarks"]:
-        if not bench["name"].startswith("scheduler-"):
-            continue
-        rounds = output["settings"]["scheduler_rounds"]
-        lines += [
-            f"### {bench['title']}",
-            "",
-            f"Median of {rounds} rounds, each target in a fresh process; CPU ratio to the "
-            "sleep-loop floor of the same round.",
-            "",
-            "| Target | CPU s/s | ratio to sleep loop | peak RSS | start-up | import | "
-            "late p50 | late p99 | late max | runs/job/s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in bench["rows"]:
-            if "cpu_per_s" not in row:
-                lines.append(f"| {row['label']} | {_s(row['status'])} |" + " — |" * 8)
-                continue
-            label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
-            lines.append(
-                f"| {label} | {_n(row['cpu_per_s'], 3)} | {_x(row.get('cpu_ratio'))} | "
-                f"{_n(row['peak_rss_mib'], 1)} MiB | {_startup(row)} | "
-                f"{_n(row['import_s'], 3)} s | {_n(row['late_p50_ms'], 1)} ms | "
-                f"{_n(row['late_p99_ms'], 1)} ms | {_n(row['late_max_ms'], 1)} ms | "
-                f"{_n(row['runs_per_job_s'], 3)} |"
-            )
-            if row["status"] != "ok":
-                notes.append(f"{row['label']} ({bench['jobs']} jobs): {row['status']}")
-        lines.append("")
-    return lines
-
-
-def _load_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
-    bench = _bench(output, "load")
-    if bench is None:
-        return []
-    lines = [
-        f"### {bench['title']}",
-        "",
-        "Client round trips counted in each worker by wrapping the driver; server "
-        "commands from Redis `INFO commandstats` (commands run inside Lua scripts "
-        "included, connection set-up excluded) and NATS `/varz` `in_msgs`; "
-        "JetStream API calls from `/jsz`.",
-        "",
-        "| Target | executions | per task per s | client round trips / exec | "
-        "server commands (Redis) or messages in (NATS) / exec | JetStream API calls / exec | "
-        "connections opened in the window |",
-        "|---|---|---|---|---|---|---|",
+def _summary(output: dict[str, Any]) -> list[str]:
+    return [
+        "| Benchmark | Floor | Best peer | This project | Target | Met |",
+        "|---|---|---|---|---|---|",
+        *_lock_summary(output),
+        *_scheduler_summary(output),
+        *_multi_summary(output),
     ]
-    for row in bench["rows"]:
-        if "executions" not in row:
-            lines.append(
-                f"| {row['label']} | {_s(row['status'])} | — | — | — | — | — |"
-            )
-            continue
-        label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
-        lines.append(
-            f"| {label} | {_n(row['executions'])} | {_n(row['exec_per_task_s'], 3)} | "
-            f"{_n(row.get('client_rt_per_exec'), 2)} | {_n(row.get('server_cmds_per_exec'), 2)} | "
-            f"{_n(row.get('js_api_per_exec'), 2)} | {_n(row.get('client_connections'))} |"
-        )
-        if row["status"] != "ok":
-            notes.append(f"{row['label']} (load): {row['status']}")
-    lines.append("")
-    for row in bench["rows"]:
-        runs = row.get("rounds") or []
-        if runs and runs[-1].get("client_rt_by_kind_per_exec"):
-            kinds = ", ".join(
-                f"{kind} {n:.2f}"
-                for kind, n in sorted(
-                    runs[-1]["client_rt_by_kind_per_exec"].items(),
-                    key=lambda kv: -kv[1],
-                )
-            )
-            lines.append(
-                f"- {row['label']}, client round trips per execution: {kinds}."
-            )
-        if not runs or "server_cmds_by_command_per_exec" not in runs[-1]:
-            continue
-        last = runs[-1]
-        per_cmd = ", ".join(
-            f"`{cmd}` {n:.2f}"
-            for cmd, n in last["server_cmds_by_command_per_exec"].items()
-        )
-        lines.append(f"  Redis commands per execution (server side): {per_cmd}.")
-        monitor = last.get("monitor") or {}
-        if monitor.get("by_command"):
-            seen = ", ".join(
-                f"{cmd} {n}"
-                for cmd, n in sorted(
-                    monitor["by_command"].items(), key=lambda kv: -kv[1]
-                )
-            )
-            lines.append(
-                f"  MONITOR, {monitor.get('seconds', '?')} s mid-run: {monitor['lines']} lines ({seen})."
-            )
-    lines.append("")
-    return lines
-
-
-def _takeover_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
-    bench = _bench(output, "takeover")
-    if bench is None:
-        return []
-    lines = [
-        f"### {bench['title']}",
-        "",
-        "| Target | graceful stop (median) | graceful runs | SIGKILL (median) | SIGKILL runs |",
-        "|---|---|---|---|---|",
-    ]
-    for row in bench["rows"]:
-        label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
-
-        def runs(kind: str, row: dict[str, Any] = row) -> str:
-            return ", ".join(f"{v:.3f}" for v in row.get(f"{kind}_runs_s", [])) or _s(
-                row["status"]
-            )
-
-        lines.append(
-            f"| {label} | {_n(row.get('graceful_s'), 3, ' s')} | {runs('graceful')} | "
-            f"{_n(row.get('sigkill_s'), 3, ' s')} | {runs('sigkill')} |"
-        )
-        if row["status"] != "ok":
-            notes.append(f"{row['label']} (takeover): {row['status']}")
-    lines.append("")
-    return lines
 
 
 def markdown_report(output: dict[str, Any]) -> str:
@@ -339,7 +249,7 @@ def markdown_report(output: dict[str, Any]) -> str:
         f"Python {machine.get('python', '?')}, {machine.get('redis_server', '?').split(' sha=')[0]}, "
         f"{machine.get('nats_server', '?')}; took {output.get('elapsed_s', 0):.0f} s.",
         "",
-        "### Summary against the targets of issue 6",
+        "### Summary against the targets (issues 11 and 15)",
         "",
         *_summary(output),
         "",
