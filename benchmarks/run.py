@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -27,19 +28,29 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+BENCH = Path(__file__).resolve().parent
+PROJECT_PYTHON = BENCH.parent / ".venv" / "bin" / "python"
+if (
+    PROJECT_PYTHON.exists()
+    and Path(sys.prefix).resolve() != PROJECT_PYTHON.parent.parent.resolve()
+):
+    # The server launcher comes from the test suite (it needs pytest): run
+    # under the project's Python whatever interpreter started us.
+    os.execv(PROJECT_PYTHON, [str(PROJECT_PYTHON), __file__, *sys.argv[1:]])
+sys.path.insert(0, str(BENCH))
 
-from runner import load, lock, scheduler, takeover
-from runner.common import FULL, SMOKE, Context, log
-from runner.envs import (
+# The imports below need the path set above.
+from runner import load, lock, scheduler, takeover  # noqa: E402
+from runner.common import FULL, SMOKE, Context, log  # noqa: E402
+from runner.envs import (  # noqa: E402
     Env,
     baseline_env,
     ensure_envs,
     project_env,
     snapshot_source,
 )
-from runner.output import PUBLISHED, default_png, machine_info, publish, scrub
-from runner.servers import nats_binary, servers
+from runner.output import PUBLISHED, default_png, machine_info, publish, scrub  # noqa: E402
+from runner.servers import nats_binary, servers  # noqa: E402
 
 #: In the order they run.
 BENCHMARKS: dict[str, ModuleType] = {
