@@ -24,9 +24,10 @@ operation and:
    shutting down), fails at once with `BrokerNotConnectedError` instead of
    waiting, so a late release does not hold the shutdown back.
 
-"Connected" is `broker._connection is not None`: the very attribute that
-`BrokerUsecase.connect()` tests to decide whether to connect, set when the
-connection is open and reset by `broker.stop()` (FastStream 0.6 and 0.7).
+"Connected" is FastStream's public `broker.running` flag: set by
+`broker.start()` (which connects first) and cleared by `broker.stop()`; or,
+for a broker nobody started, the backend having connected it itself. No
+private attribute of FastStream is read.
 """
 
 from __future__ import annotations
@@ -85,12 +86,14 @@ class BrokerStartingError(BrokerNotConnectedError, BackendNotReadyError):
 class _BrokerState:
     """What every backend of one broker shares: the connect lock, the seen flag."""
 
-    __slots__ = ("_lock", "_loop", "seen_connected", "waiting_since")
+    __slots__ = ("_lock", "_loop", "seen_connected", "self_connected", "waiting_since")
 
     def __init__(self) -> None:
         self._lock: anyio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.seen_connected = False
+        #: The backend connected the broker itself (nobody started it).
+        self.self_connected = False
         #: Monotonic time of the first wait for the owner to connect it.
         self.waiting_since: float | None = None
 
@@ -115,8 +118,10 @@ def broker_state(broker: Any) -> _BrokerState:
 
 
 def is_connected(broker: Any) -> bool:
-    """Whether `broker.connect()` would return its current client without I/O."""
-    return getattr(broker, "_connection", None) is not None
+    """Whether `broker.connect()` returns its current client without I/O."""
+    return (
+        bool(getattr(broker, "running", False)) or broker_state(broker).self_connected
+    )
 
 
 def owner_of(broker: Any) -> Any:
@@ -138,6 +143,7 @@ def reset(broker: Any) -> None:
     """Forget that `broker` was seen connected (a new run is starting)."""
     state = broker_state(broker)
     state.seen_connected = False
+    state.self_connected = False
     state.waiting_since = None
 
 
@@ -199,3 +205,4 @@ class BrokerConnection:
         if not is_connected(broker):
             logger.debug("Connecting %s for the sync backend", type(broker).__name__)
             await broker.connect()
+            state.self_connected = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from datetime import tzinfo
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
@@ -18,6 +19,7 @@ from grelmicro._validate import (
 from grelmicro.sync._primitive import check_backend
 from grelmicro.sync.abc import SyncBackend, Synchronization
 from grelmicro.sync.leaderelection import LeaderElection
+from grelmicro.sync.lock import Lock
 from grelmicro.sync.tasklock import TaskLock
 from grelmicro.task._interval import IntervalTask, default_task_name
 from grelmicro.task.abc import Task
@@ -263,6 +265,110 @@ class TaskRouter:
             backend=backend,
             worker=worker,
         )
+
+    def cron(
+        self,
+        expression: Annotated[
+            str,
+            Doc(
+                "Five fields (minute hour day-of-month month day-of-week), six "
+                "with a leading seconds field, or @yearly, @monthly, @weekly, "
+                "@daily, @hourly."
+            ),
+        ],
+        *,
+        name: Annotated[
+            str | None,
+            Doc('The task name; "<module>:<qualname>" of the function when None.'),
+        ] = None,
+        timezone: Annotated[
+            str | tzinfo,
+            Doc("The time zone of the wall-clock times: an IANA name or a tzinfo."),
+        ] = "UTC",
+        local: Annotated[
+            bool,
+            Doc("Run every fire on every worker, with no backend."),
+        ] = False,
+        misfire_grace_seconds: Annotated[
+            float | None,
+            Doc(
+                "At start, run the latest fire missed while no worker was up only "
+                "if it is at most this many seconds old (None: no bound)."
+            ),
+        ] = None,
+        at_least_once: Annotated[
+            bool,
+            Doc(
+                "Hold each fire as a lease, kept while the run lasts: if the "
+                "worker running it dies, another worker runs it again."
+            ),
+        ] = False,
+        lease_seconds: Annotated[
+            float,
+            Doc("The lease on a fire with at_least_once (> 0), kept while running."),
+        ] = 60,
+        sync: Annotated[
+            Lock | None,
+            Doc("A resource `Lock` taken (without waiting) after the claim."),
+        ] = None,
+        backend: Annotated[
+            SyncBackend | None,
+            Doc("Backend of the fire claims; the default backend when None."),
+        ] = None,
+        worker: Annotated[
+            str | UUID | None,
+            Doc("Worker identity of the claims; random when None."),
+        ] = None,
+        cancel_on_loss: Annotated[
+            bool,
+            Doc(
+                "With at_least_once, cancel a run whose lease cannot be kept "
+                "(else only log a WARNING)."
+            ),
+        ] = True,
+    ) -> Callable[[F], F]:
+        """Run the decorated function at each fire of a cron `expression`.
+
+        By default each fire runs on exactly one worker of the fleet (claimed
+        on the backend under `cron:<name>`); `local=True` runs it on every
+        worker. Invalid arguments raise `SettingsValidationError` here.
+        Returns the function unchanged.
+        """
+        from grelmicro.task._cron import build_cron_task, check_cron_args
+
+        schedule, grace, lease, worker_name = check_cron_args(
+            expression,
+            name=name,
+            timezone=timezone,
+            local=local,
+            misfire_grace_seconds=misfire_grace_seconds,
+            at_least_once=at_least_once,
+            lease_seconds=lease_seconds,
+            sync=sync,
+            backend=backend,
+            worker=worker,
+            cancel_on_loss=cancel_on_loss,
+        )
+
+        def decorator(function: F) -> F:
+            self._add(
+                build_cron_task(
+                    function,
+                    schedule=schedule,
+                    name=name,
+                    local=local,
+                    misfire_grace_seconds=grace,
+                    at_least_once=at_least_once,
+                    lease_seconds=lease,
+                    sync=sync,
+                    backend=backend,
+                    worker=worker_name,
+                    cancel_on_loss=cancel_on_loss,
+                )
+            )
+            return function
+
+        return decorator
 
 
 def _lock_settings(

@@ -585,3 +585,36 @@ async def test_stop_tasks_releases_before_a_hand_stopped_broker_closes(
     other = RedisSyncBackend(redis_url, auto_register=False)
     async with other:
         assert not await other.locked(name=leader.key)
+
+
+async def test_attempts_before_the_app_connects_skip_quietly(
+    kind: str, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 9, case 9: the lifespan runs before FastStream connects the
+    broker. Coordinated attempts made meanwhile skip at DEBUG (no ERROR, no
+    full backend timeout each); runs start once the app connects."""
+    import logging
+
+    broker = make_broker(kind, url)
+    manager = TaskManager(broker=broker)
+    app = FastStream(broker, lifespan=lifespan_for(None))
+    runs: list[float] = []
+
+    # max_lock_seconds=2 bounds each backend call to 2 s: a call that waited
+    # for the connection until its timeout would log an ERROR within the
+    # 2.5 s below.
+    @manager.interval(seconds=0.1, max_lock_seconds=2, name=unique("early"))
+    async def early() -> None:
+        runs.append(time.monotonic())
+
+    with caplog.at_level(logging.DEBUG, logger="grelmicro"):
+        async with manager:
+            # The app owns the broker but has not started it: attempts wait a
+            # little, then skip quietly.
+            await anyio.sleep(2.5)
+            assert not runs
+            async with running(app):
+                await wait_until(lambda: bool(runs), timeout=10)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+    assert any("not connected yet" in r.getMessage() for r in caplog.records)

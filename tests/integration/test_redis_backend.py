@@ -25,6 +25,7 @@ from grelmicro.sync.redis import (
     RedisSyncBackend,
     RedisSyncBackendConnectionError,
     RedisSyncBackendError,
+    RedisSyncBackendReplicationError,
     _milliseconds,
 )
 from tests.integration.conftest import wait_for
@@ -436,3 +437,190 @@ async def test_redis_cluster_client(
             assert not await backend.locked(name=name)
     finally:
         await client.aclose()
+
+
+# Fencing tokens and cron claims: the key layout ----------------------------------------
+
+LAYOUT_KEYS = [
+    "lock:report",
+    "app:lock:report",
+    "lock:{orders}:7",
+    "{app}:lock:x",
+    "a}b",
+    "{}x",
+    "a{b",
+    "",
+    "tasklock:module:Class.<locals>.job",
+]
+
+
+@pytest.mark.parametrize("lock_key", LAYOUT_KEYS)
+@pytest.mark.parametrize("prefix", ["", "app:", "{app}:"])
+def test_companion_keys_share_the_lock_keys_slot(lock_key: str, prefix: str) -> None:
+    from redis.crc import key_slot
+
+    from grelmicro.sync.redis._keys import fence_key, fire_key
+
+    key = prefix + lock_key
+    for other in (fence_key(key, prefix), fire_key(key, prefix, 1_700_000_000_000)):
+        assert other != key
+        # redis-py's own slot function is the independent reference.
+        assert key_slot(other.encode()) == key_slot(key.encode()), other
+
+
+def test_companion_keys_are_distinct_per_name() -> None:
+    from grelmicro.sync.redis._keys import fence_key
+
+    keys = [prefix + k for k in LAYOUT_KEYS for prefix in ("", "app:")]
+    fences = {fence_key(k, "") for k in keys}
+    assert len(fences) == len(set(keys))
+
+
+@pytest.mark.anyio
+async def test_fencing_key_layout(redis_url: str, raw: Redis) -> None:
+    name = f"lock:{key()}"
+    async with RedisSyncBackend(redis_url, prefix="app:", auto_register=False) as b:
+        first = await b.acquire_fenced(name=name, token="a", duration=10)
+        # The lock key is unchanged: prefix + name, holding the token.
+        assert await raw.get(f"app:{name}") == "a"
+        fence = f"app:{{app:{name}}}:fence"
+        assert await raw.hgetall(fence) == {"last": "1", "held": "1"}
+        assert await raw.pttl(fence) == -1  # persistent: tokens never go back
+        assert first.fence == 1
+        assert await b.release(name=name, token="a")
+        # Plain acquire consumes a token too; the counter outlives the lock.
+        assert await b.acquire(name=name, token="b", duration=10)
+        assert await b.release(name=name, token="b")
+        assert await raw.hget(fence, "last") == "2"
+        assert (await b.acquire_fenced(name=name, token="c", duration=10)).fence == 3
+
+
+@pytest.mark.anyio
+async def test_fire_claim_key_layout(redis_url: str, raw: Redis) -> None:
+    name = f"cron:{key()}"
+    fire = 1_700_000_000_000
+    async with RedisSyncBackend(redis_url, auto_register=False) as b:
+        assert await b.claim_fire(name=name, fire=fire, token="a", lease=5) == 1
+        fence = f"{{{name}}}:fence"
+        lease = f"{{{name}}}:fire:{fire}"
+        assert await raw.hgetall(fence) == {"last": "1", "fire": str(fire)}
+        assert await raw.get(lease) == "a"
+        assert 0 < await raw.pttl(lease) <= 5000
+        assert await b.finish_fire(name=name, fire=fire, token="a")
+        assert await raw.get(lease) == ""  # the completed marker
+        assert 55_000 < await raw.pttl(lease) <= 60_000
+        assert await b.last_fire(name=name) == fire
+
+
+@pytest.mark.anyio
+async def test_extension_answers_the_holding_token_after_a_fire_claim(
+    redis_url: str,
+) -> None:
+    # The counter is shared with fire claims of the same name: an extension
+    # still answers its own holding's token, not the counter's latest value.
+    name = key()
+    async with RedisSyncBackend(redis_url, auto_register=False) as b:
+        held = await b.acquire_fenced(name=name, token="a", duration=10)
+        claimed = await b.claim_fire(name=name, fire=1000, token="x", lease=None)
+        again = await b.acquire_fenced(name=name, token="a", duration=10)
+        assert held.fence is not None
+        assert claimed is not None
+        assert claimed > held.fence
+        assert again.fence == held.fence
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ({"fire": -1, "token": "a"}, "fire"),
+        ({"fire": True, "token": "a"}, "fire"),
+        ({"fire": 1.5, "token": "a"}, "fire"),
+        ({"fire": 1, "token": ""}, "token"),
+        ({"fire": 1, "token": 3}, "token"),
+    ],
+)
+async def test_fire_claim_arguments_are_checked(
+    call: dict[str, object], message: str
+) -> None:
+    backend = RedisSyncBackend("redis://127.0.0.1:1", auto_register=False)
+    with pytest.raises(ValueError, match=message):
+        await backend.claim_fire(name="cron:x", lease=None, **call)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lease"):
+        await backend.claim_fire(name="cron:x", fire=1, token="a", lease=math.nan)
+
+
+# wait_replicas ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"wait_replicas": -1}, "wait_replicas"),
+        ({"wait_replicas": 1.0}, "wait_replicas"),
+        ({"wait_replicas": True}, "wait_replicas"),
+        ({"wait_replicas": 1, "wait_timeout": 0}, "wait_timeout"),
+        ({"wait_replicas": 1, "wait_timeout": math.inf}, "wait_timeout"),
+        ({"wait_replicas": 1, "wait_timeout": "1"}, "wait_timeout"),
+    ],
+)
+def test_wait_replicas_is_validated(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        RedisSyncBackend("redis://localhost", auto_register=False, **options)  # type: ignore[arg-type]
+    assert repr(next(iter(options.values()))) in str(info.value) or message in str(
+        info.value
+    )
+
+
+@pytest.mark.anyio
+async def test_unacknowledged_acquisition_is_given_back(
+    redis_url: str, raw: Redis
+) -> None:
+    # A lone server has no replica: WAIT 1 times out with 0 acknowledgements.
+    name = key()
+    backend = RedisSyncBackend(
+        redis_url, auto_register=False, wait_replicas=1, wait_timeout=0.05
+    )
+    assert "wait_replicas=1" in repr(backend)
+    async with backend:
+        with pytest.raises(RedisSyncBackendReplicationError, match="0 of") as info:
+            await backend.acquire(name=name, token="a", duration=10)
+        assert isinstance(info.value, SyncBackendError)
+        assert await raw.exists(name) == 0  # given back, nobody holds it
+        with pytest.raises(RedisSyncBackendReplicationError):
+            await backend.claim_fire(name=name, fire=5, token="a", lease=None)
+        # A busy answer needs no acknowledgement: nothing was written.
+        await raw.set(name, "other", px=10_000)
+        assert not await backend.acquire(name=name, token="a", duration=10)
+        assert await backend.release(name=name, token="a") is False
+
+
+# Owned clients and event loops (issue 9 case 10) -------------------------------------
+
+
+def test_owned_client_is_closed_when_its_event_loop_ends(redis_url: str) -> None:
+    import asyncio
+    import gc
+
+    import redis
+
+    tag = f"grelmicro-loop-{uuid4().hex[:8]}"
+    backend = RedisSyncBackend(f"{redis_url}?client_name={tag}", auto_register=False)
+    inspect = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def connected() -> int:
+        return sum(1 for c in inspect.client_list() if c.get("name") == tag)
+
+    async def use() -> int:
+        assert await backend.acquire(name=key(), token="a", duration=5)
+        return connected()
+
+    try:
+        # Used lazily (never entered or exited) from two event loops in turn.
+        assert asyncio.run(use()) == 1
+        assert connected() == 0  # closed when the first loop ended
+        assert asyncio.run(use()) == 1  # the second loop has its own client
+        assert connected() == 0
+        gc.collect()  # no unclosed-transport ResourceWarning (an error here)
+    finally:
+        inspect.close()

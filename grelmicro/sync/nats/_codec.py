@@ -1,4 +1,4 @@
-"""Pure helpers of the NATS backend: key encoding, TTLs, timestamps, headers.
+"""Pure helpers of the NATS backend: key encoding, TTLs, error texts.
 
 Nothing here talks to a server, so all of it is cheap to unit test.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
 from functools import lru_cache
 
 #: Characters kept as they are in a key; every other character is escaped.
@@ -19,9 +18,13 @@ SAFE_KEY_CHARS = frozenset(
 )
 
 #: Longest encoded key accepted: the key appears twice in a request's control
-#: line (with the bucket name), which the server caps at 4096 bytes, and a
-#: line over the cap makes the server close the whole connection.
-MAX_KEY_LENGTH = 2048
+#: line (with the bucket name, up to 200 characters), which the server caps
+#: at 4096 bytes, and a line over the cap makes the server close the whole
+#: connection. Cron fire keys add up to `KEY_SUFFIX_ROOM` characters.
+MAX_KEY_LENGTH = 1800
+
+#: Characters a backend may append to an encoded key (``.fire.<ms>``).
+KEY_SUFFIX_ROOM = 32
 
 _ESCAPED = re.compile(r"=([0-9A-F]{2})")
 
@@ -134,37 +137,14 @@ def parse_ttl(value: str | None) -> int | None:
     return int(total)
 
 
-def parse_timestamp_ns(value: str) -> int:
-    """An RFC 3339 timestamp from the server (``Nats-Time-Stamp``, ``ts``) in ns."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        body, offset = text[:-1], ""
-    else:
-        body, offset = text[:-6], text[-6:]
-    base, _, fraction = body.partition(".")
-    stamp = datetime.fromisoformat(base + (offset or "+00:00")).astimezone(UTC)
-    whole = int(stamp.timestamp())
-    digits = (fraction + "000000000")[:9] if fraction else "0"
-    return whole * 1_000_000_000 + int(digits)
-
-
 _WRONG_LAST = re.compile(r"wrong last sequence:\s*(\d+)")
 
 
 def wrong_last_sequence(description: str) -> int | None:
-    """The key's current sequence from a 10071 error description, if given."""
+    """The key's current sequence from a 10071 error description, if given.
+
+    Only a hint that saves a read when the server's wording is the known one
+    (``wrong last sequence: 42``); callers read the key when it is None.
+    """
     match = _WRONG_LAST.search(description)
     return int(match.group(1)) if match else None
-
-
-def parse_headers(block: bytes) -> dict[str, str]:
-    """Headers from a raw ``NATS/1.0`` header block (STREAM.MSG.GET answers)."""
-    headers: dict[str, str] = {}
-    lines = block.decode("utf-8", "replace").split("\r\n")
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip()] = value.strip()
-    return headers

@@ -1,0 +1,464 @@
+"""`RedisSyncBackend`: locks, fencing tokens and cron fire claims in Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
+import anyio
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import NoScriptError
+
+from grelmicro.sync._backends import RegisteredBackend, register_backend
+from grelmicro.sync.abc import FencedAcquire
+from grelmicro.sync.errors import SyncBackendError, SyncSettingsValidationError
+from grelmicro.sync.redis import _scripts as scripts
+from grelmicro.sync.redis._config import (
+    check_url,
+    check_wait_replicas,
+    milliseconds,
+)
+from grelmicro.sync.redis._connection import ClientSource, RedisClient
+from grelmicro.sync.redis._errors import (
+    ReplicaAcknowledgementMissingError,
+    Unacknowledged,
+    wrap,
+)
+from grelmicro.sync.redis._fires import FireClaims
+from grelmicro.sync.redis._keys import fence_key
+
+if TYPE_CHECKING:
+    from typing_extensions import Doc
+
+#: Seconds between two looks at a lock in `wait_released` (no release
+#: notification on Redis yet: see docs/redis-topologies.md).
+RELEASE_POLL_INTERVAL = 0.25
+
+#: Default seconds to wait for replicas' acknowledgement (`wait_replicas`).
+WAIT_TIMEOUT = 1.0
+
+
+class RedisSyncBackend(FireClaims, RegisteredBackend):
+    """A `SyncBackend` storing locks in Redis.
+
+    Give a URL (`redis://`, `rediss://` or `unix://`), or a client, or nothing
+    to read the URL from the `REDIS_URL` environment variable. The client may
+    be a `redis.asyncio.Redis` (for Sentinel, the one returned by
+    `Sentinel.master_for(...)`) or a `redis.asyncio.RedisCluster`: the keys one
+    operation touches share a hash slot (see docs/redis-topologies.md). The
+    connection is opened lazily on first use, so a backend and its primitives
+    can be created at import time. A client built from the URL is closed when
+    the backend exits (`async with backend:`) or when its event loop ends; a
+    client passed in is borrowed and never closed.
+
+    Each operation is a single round trip (an atomic server-side script), and
+    the lock's expiry is enforced by the Redis server (`PX`, in milliseconds,
+    rounded up). It implements every optional capability: fencing tokens,
+    cron fire claims, remaining-time acquire and release watch. Every Redis
+    error is raised as a `RedisSyncBackendError` (a `SyncBackendError`)
+    naming the operation and the key.
+    """
+
+    def __init__(
+        self,
+        url: Annotated[
+            str | None,
+            Doc(
+                "The Redis URL (redis://, rediss:// or unix://); REDIS_URL when "
+                "neither url nor client is given."
+            ),
+        ] = None,
+        *,
+        client: Annotated[
+            RedisClient | None,
+            Doc(
+                "A redis.asyncio.Redis (or RedisCluster) client to borrow, never "
+                "closed by the backend."
+            ),
+        ] = None,
+        prefix: Annotated[
+            str, Doc("A prefix prepended to every key, e.g. 'myapp:'.")
+        ] = "",
+        auto_register: Annotated[
+            bool,
+            Doc("Make this backend the default for primitives given no backend."),
+        ] = True,
+        wait_replicas: Annotated[
+            int,
+            Doc(
+                "Replicas that must acknowledge every acquisition and cron "
+                "claim (Redis WAIT, in the same round trip) before it counts; "
+                "0 (the default) does not wait. An acquisition not "
+                "acknowledged in time is given back and raises "
+                "RedisSyncBackendReplicationError."
+            ),
+        ] = 0,
+        wait_timeout: Annotated[
+            float, Doc("Seconds to wait for the replicas' acknowledgement.")
+        ] = WAIT_TIMEOUT,
+    ) -> None:
+        if url is not None and client is not None:
+            msg = (
+                "RedisSyncBackend takes either url or client, not both: got "
+                f"url={url!r} and client={client!r}"
+            )
+            raise SyncSettingsValidationError(msg)
+        _check_prefix(prefix)
+        wait_ms = check_wait_replicas(wait_replicas, wait_timeout)
+        if client is None:
+            if url is None:
+                url = os.environ.get("REDIS_URL") or None
+            if url is None:
+                msg = (
+                    "RedisSyncBackend needs a Redis server: pass url= (for example "
+                    "'redis://localhost:6379/0'), pass client= (a "
+                    "redis.asyncio.Redis), or set the REDIS_URL environment variable"
+                )
+                raise SyncSettingsValidationError(msg)
+            check_url(url)
+            source = ClientSource(url=url)
+        elif isinstance(client, Redis | RedisCluster):
+            source = ClientSource(client=client)
+        else:
+            msg = (
+                "client must be a redis.asyncio.Redis or redis.asyncio.RedisCluster, "
+                f"got {client!r}"
+            )
+            raise SyncSettingsValidationError(msg)
+        self._setup(source, prefix, wait_replicas, wait_ms)
+        if auto_register:
+            register_backend(self)
+
+    def _setup(
+        self, source: ClientSource, prefix: str, wait_replicas: int, wait_ms: int
+    ) -> None:
+        self._source = source
+        self._prefix = prefix
+        self._wait_replicas = wait_replicas
+        self._wait_ms = wait_ms
+
+    @classmethod
+    def from_client_provider(
+        cls,
+        provider: Annotated[
+            Callable[[], Awaitable[RedisClient]],
+            Doc("An async callable returning the connected client to use."),
+        ],
+        *,
+        prefix: Annotated[str, Doc("A prefix prepended to every key.")] = "",
+        auto_register: Annotated[
+            bool,
+            Doc("Make this backend the default for primitives given no backend."),
+        ] = False,
+        concurrency: Annotated[
+            int | None,
+            Doc(
+                "Most commands the backend has in flight at once on the "
+                "provider's client (None: no bound). 1 keeps the backend on at "
+                "most one of the client's pooled connections."
+            ),
+        ] = None,
+        wait_replicas: Annotated[
+            int, Doc("As for the constructor: replicas to wait for.")
+        ] = 0,
+        wait_timeout: Annotated[
+            float, Doc("Seconds to wait for the replicas' acknowledgement.")
+        ] = WAIT_TIMEOUT,
+    ) -> Self:
+        """Build a backend that gets its client from `provider` (for integrations).
+
+        The provider is awaited before every operation (so it must be cheap,
+        e.g. an idempotent `connect()` that returns the current client), which
+        lets the backend be created before the connection exists. The client
+        it returns is borrowed: the backend never closes it.
+        """
+        if not callable(provider):
+            msg = f"provider must be an async callable, got {provider!r}"
+            raise SyncSettingsValidationError(msg)
+        _check_prefix(prefix)
+        if concurrency is not None and (
+            isinstance(concurrency, bool)
+            or not isinstance(concurrency, int)
+            or concurrency < 1
+        ):
+            msg = f"concurrency must be an int >= 1 or None, got {concurrency!r}"
+            raise SyncSettingsValidationError(msg)
+        wait_ms = check_wait_replicas(wait_replicas, wait_timeout)
+        backend = cls.__new__(cls)
+        source = ClientSource(provider=provider, concurrency=concurrency)
+        backend._setup(source, prefix, wait_replicas, wait_ms)
+        if auto_register:
+            register_backend(backend)
+        return backend
+
+    @property
+    def prefix(self) -> str:
+        """The prefix prepended to every key."""
+        return self._prefix
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas that must acknowledge each acquisition (0: none)."""
+        return self._wait_replicas
+
+    def __repr__(self) -> str:
+        wait = f", wait_replicas={self._wait_replicas}" if self._wait_replicas else ""
+        return (
+            f"RedisSyncBackend({self._source.describe()}, "
+            f"prefix={self._prefix!r}{wait})"
+        )
+
+    # Lifecycle ---------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the client the backend built from its URL (a borrowed one stays open).
+
+        The backend stays usable: the next operation opens a new connection.
+        """
+        try:
+            await self._source.aclose()
+        except Exception as exc:
+            raise wrap("close", "", exc) from exc
+
+    # Running commands --------------------------------------------------------
+
+    async def _call(
+        self, operation: str, name: str, send: Callable[[RedisClient], Awaitable[Any]]
+    ) -> Any:
+        """Run `send(client)` under the concurrency bound, wrapping every error."""
+        try:
+            client = await self._source.client()
+            limit = self._source.limit()
+            if limit is None:
+                return await send(client)
+            async with limit:
+                return await send(client)
+        except (SyncBackendError, Unacknowledged):
+            raise
+        except Exception as exc:
+            raise wrap(operation, name, exc) from exc
+
+    async def _eval(
+        self,
+        operation: str,
+        name: str,
+        script: scripts.Script,
+        keys: tuple[str, ...],
+        *args: str | int,
+        replicated: bool = False,
+    ) -> int:
+        """Run `script`; with `replicated` and `wait_replicas`, WAIT in the same trip.
+
+        A missing acknowledgement raises `Unacknowledged` for the caller to
+        give the write back.
+        """
+
+        async def send(client: RedisClient) -> int:
+            if replicated and self._wait_replicas:
+                return await self._eval_and_wait(client, script, keys, args)
+            try:
+                result: Any = await client.evalsha(
+                    script.sha, script.keys, *keys, *args
+                )
+            except NoScriptError:
+                # EVAL runs it in the same round trip and caches it on the server.
+                result = await client.eval(script.source, script.keys, *keys, *args)
+            return int(result)
+
+        answer: int = await self._call(operation, name, send)
+        return answer
+
+    async def _eval_and_wait(
+        self,
+        client: RedisClient,
+        script: scripts.Script,
+        keys: tuple[str, ...],
+        args: tuple[str | int, ...],
+    ) -> int:
+        """EVALSHA then WAIT on the same connection (one pipeline, one round trip).
+
+        Raises `Unacknowledged` (carrying the script's answer) when fewer than
+        `wait_replicas` replicas acknowledged the write in `wait_timeout`.
+        """
+        for use_sha in (True, False):
+            pipe = client.pipeline(transaction=False)
+            if use_sha:
+                pipe.evalsha(script.sha, script.keys, *keys, *args)
+            else:
+                pipe.eval(script.source, script.keys, *keys, *args)
+            if isinstance(client, RedisCluster):
+                # WAIT counts the replicas of the node the script ran on.
+                node = client.get_node_from_key(keys[0])
+                pipe.execute_command(
+                    "WAIT", self._wait_replicas, self._wait_ms, target_nodes=node
+                )
+            else:
+                pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+            result, acks = await pipe.execute(raise_on_error=False)
+            if use_sha and isinstance(result, NoScriptError):
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            if isinstance(acks, BaseException):
+                raise acks
+            # The replicated scripts answer > 0 exactly when they wrote.
+            if int(result) > 0 and int(acks) < self._wait_replicas:
+                raise Unacknowledged(int(result), int(acks))
+            return int(result)
+        raise AssertionError  # pragma: no cover - the loop always returns
+
+    def _keys(self, name: str) -> tuple[str, str]:
+        key = self._prefix + name
+        return key, fence_key(key, self._prefix)
+
+    async def _acquire(
+        self, operation: str, name: str, token: str, duration: float
+    ) -> int:
+        """The ACQUIRE script's answer: a fence (> 0), 0 or -(ms left)."""
+        ms = milliseconds(duration)
+        try:
+            return await self._eval(
+                operation,
+                name,
+                scripts.ACQUIRE_SCRIPT,
+                self._keys(name),
+                token,
+                ms,
+                replicated=True,
+            )
+        except Unacknowledged as exc:
+            await self._give_back(exc, operation, name, token)
+            raise  # pragma: no cover - _give_back raises
+
+    async def _give_back(
+        self, exc: Unacknowledged, operation: str, name: str, token: str
+    ) -> None:
+        """An unacknowledged acquisition: release it (best effort), then raise."""
+        if exc.answer > 0:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(SyncBackendError):
+                    await self.release(name=name, token=token)
+        cause = ReplicaAcknowledgementMissingError(
+            f"{exc.acks} of wait_replicas={self._wait_replicas} replicas "
+            f"acknowledged the write within {self._wait_ms} ms"
+        )
+        raise wrap(operation, name, cause) from None
+
+    # SyncBackend -------------------------------------------------------------
+
+    async def acquire(
+        self,
+        *,
+        name: Annotated[str, Doc("The lock key.")],
+        token: Annotated[str, Doc("The owner's token.")],
+        duration: Annotated[float, Doc("The lease in seconds.")],
+    ) -> bool:
+        """Take the lock for `duration` seconds, or extend it if `token` holds it.
+
+        Returns False when another token holds the lock. A fresh acquisition
+        consumes a fencing token (see `acquire_fenced`).
+        """
+        return await self._acquire("acquire", name, token, duration) > 0
+
+    async def release(
+        self,
+        *,
+        name: Annotated[str, Doc("The lock key.")],
+        token: Annotated[str, Doc("The owner's token.")],
+    ) -> bool:
+        """Release the lock if `token` holds it; False otherwise."""
+        key = self._prefix + name
+        return (
+            await self._eval("release", name, scripts.RELEASE_SCRIPT, (key,), token)
+            == 1
+        )
+
+    async def locked(self, *, name: Annotated[str, Doc("The lock key.")]) -> bool:
+        """Whether any token holds the lock."""
+        key = self._prefix + name
+        count = await self._call("locked", name, lambda client: client.exists(key))
+        return int(count) > 0
+
+    async def owned(
+        self,
+        *,
+        name: Annotated[str, Doc("The lock key.")],
+        token: Annotated[str, Doc("The owner's token.")],
+    ) -> bool:
+        """Whether `token` holds the lock."""
+        key = self._prefix + name
+        return await self._eval("owned", name, scripts.OWNED_SCRIPT, (key,), token) == 1
+
+    # Capabilities --------------------------------------------------------------
+
+    async def acquire_or_remaining(
+        self,
+        *,
+        name: Annotated[str, Doc("The lock key.")],
+        token: Annotated[str, Doc("The owner's token.")],
+        duration: Annotated[float, Doc("The lease in seconds.")],
+    ) -> float:
+        """Like `acquire`, in one round trip: 0.0 when acquired or extended.
+
+        Otherwise the seconds left on the holder's lease (> 0; `math.inf` when
+        the key has no expiry).
+        """
+        answer = await self._acquire("acquire_or_remaining", name, token, duration)
+        return _remaining(answer)
+
+    async def acquire_fenced(
+        self,
+        *,
+        name: Annotated[str, Doc("The lock key.")],
+        token: Annotated[str, Doc("The owner's token.")],
+        duration: Annotated[float, Doc("The lease in seconds.")],
+    ) -> FencedAcquire:
+        """Take or extend the lock, in one round trip; the fencing token of the holding.
+
+        A fresh acquisition increments the name's persistent counter (in the
+        same script); an extension answers the current holding's token.
+        """
+        answer = await self._acquire("acquire_fenced", name, token, duration)
+        if answer > 0:
+            return FencedAcquire(answer, 0.0)
+        return FencedAcquire(None, _remaining(answer))
+
+    async def wait_released(
+        self, *, name: Annotated[str, Doc("The lock key.")]
+    ) -> None:
+        """Return once the lock is seen free (released, deleted or expired).
+
+        Redis gives no release notification over a command connection: this
+        looks at the lock's lease every `RELEASE_POLL_INTERVAL` seconds (first
+        after one interval, so a caller that bounds the wait by a shorter
+        retry interval sends nothing more than before), and wakes right when
+        the lease ends.
+        """
+        key = self._prefix + name
+        while True:
+            await anyio.sleep(RELEASE_POLL_INTERVAL)
+            left = int(await self._call("wait_released", name, lambda c: c.pttl(key)))
+            if left == -2:  # no key: released or expired
+                return
+            if 0 < left < RELEASE_POLL_INTERVAL * 1000:
+                await anyio.sleep(left / 1000)
+                if not await self.locked(name=name):
+                    return
+
+
+def _remaining(answer: int) -> float:
+    """Seconds left from an ACQUIRE answer (0.0 when acquired)."""
+    if answer > 0:
+        return 0.0
+    if answer == 0:
+        return math.inf
+    return -answer / 1000
+
+
+def _check_prefix(prefix: object) -> None:
+    if not isinstance(prefix, str):
+        msg = f"prefix must be a str, got {prefix!r}"
+        raise SyncSettingsValidationError(msg)

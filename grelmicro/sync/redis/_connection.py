@@ -1,0 +1,181 @@
+"""Where the backend's client comes from: a URL, a borrowed client, a provider.
+
+A client built from the URL is the backend's own: it belongs to the event
+loop it was created on, is replaced (and the old one closed) when the
+backend is used from another loop, and is closed when the backend exits. A
+borrowed client, or one returned by a provider, is never closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+logger = logging.getLogger("grelmicro.sync")
+
+#: The clients the backend accepts: a single server (or a Sentinel-managed
+#: primary from `Sentinel.master_for`), or a Redis Cluster.
+RedisClient = Redis | RedisCluster
+
+#: Seconds to open a connection / to wait for an answer, for clients built
+#: from a URL: a dead or frozen server fails instead of hanging.
+SOCKET_CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 2.0
+
+#: Most connections a client built from a URL opens.
+MAX_CONNECTIONS = 8
+
+
+class ClientSource:
+    """The backend's client, and the bound on its commands in flight."""
+
+    __slots__ = (
+        "_borrowed",
+        "_concurrency",
+        "_guardian",
+        "_limit",
+        "_limit_loop",
+        "_owned",
+        "_owned_loop",
+        "_provider",
+        "_url",
+    )
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        client: RedisClient | None = None,
+        provider: Callable[[], Awaitable[RedisClient]] | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        self._url = url
+        self._borrowed = client
+        self._provider = provider
+        self._owned: Redis | None = None
+        self._owned_loop: asyncio.AbstractEventLoop | None = None
+        self._guardian: asyncio.Task[None] | None = None
+        # Commands in flight at once: a URL client opens at most
+        # MAX_CONNECTIONS (many tasks firing together wait for one of a few:
+        # each call is ~0.1 ms); a provider's (a broker's) client is used one
+        # command at a time. A semaphore costs nothing when uncontended,
+        # unlike redis-py's BlockingConnectionPool.
+        if concurrency is None and url is not None:
+            concurrency = MAX_CONNECTIONS
+        self._concurrency = concurrency
+        self._limit: asyncio.Semaphore | None = None
+        self._limit_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def url(self) -> str | None:
+        """The URL the backend builds its own client from."""
+        return self._url
+
+    @property
+    def borrowed(self) -> RedisClient | None:
+        """The client passed in, if any."""
+        return self._borrowed
+
+    async def client(self) -> RedisClient:
+        """The client to run the next command on."""
+        if self._borrowed is not None:
+            return self._borrowed
+        if self._provider is not None:
+            return await self._provider()
+        loop = asyncio.get_running_loop()
+        if self._owned is None or self._owned_loop is not loop:
+            await self._retire()
+            # Connections belong to one event loop: a new loop gets a new client.
+            assert self._url is not None
+            self._owned = Redis.from_url(
+                self._url,
+                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
+                retry=Retry(
+                    ExponentialWithJitterBackoff(base=0.01, cap=0.1),
+                    retries=1,
+                    supported_errors=(RedisConnectionError,),
+                ),
+            )
+            self._owned_loop = loop
+            self._guardian = loop.create_task(
+                self._close_at_loop_end(self._owned),
+                name="grelmicro-redis-close-at-loop-end",
+            )
+        return self._owned
+
+    async def _close_at_loop_end(self, client: Redis) -> None:
+        """Close `client` when its event loop ends (`asyncio.run` cancels this).
+
+        An event loop's connections cannot be closed once the loop is closed:
+        without this, a backend used lazily (never exited) from several
+        `asyncio.run`/`anyio.run` calls would leave every earlier loop's
+        connections open until garbage collection.
+        """
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if self._owned is client:
+                self._owned = self._owned_loop = None
+                self._guardian = None
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    def limit(self) -> asyncio.Semaphore | None:
+        """The semaphore bounding commands in flight on this loop (None: no bound)."""
+        if self._concurrency is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._limit is None or self._limit_loop is not loop:
+            self._limit = asyncio.Semaphore(self._concurrency)
+            self._limit_loop = loop
+        return self._limit
+
+    async def _retire(self) -> None:
+        """Close the owned client of another event loop (it cannot serve this one).
+
+        If that loop still runs (in another thread), the client is closed
+        there. If it was closed, its connections are closed from here:
+        redis-py then closes each socket (its transport cannot call back
+        into the dead loop, which is what a failed close reports).
+        """
+        old, old_loop = self._owned, self._owned_loop
+        self._owned = self._owned_loop = self._guardian = None
+        if old is None or old_loop is None:
+            return
+        if old_loop.is_running() and not old_loop.is_closed():
+            asyncio.run_coroutine_threadsafe(old.aclose(), old_loop)
+            return
+        with contextlib.suppress(Exception):
+            await old.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client built from the URL (a borrowed one stays open)."""
+        client, self._owned, self._owned_loop = self._owned, None, None
+        guardian, self._guardian = self._guardian, None
+        self._limit = self._limit_loop = None
+        if guardian is not None and not guardian.done():
+            guardian_loop = guardian.get_loop()
+            if guardian_loop is asyncio.get_running_loop():
+                guardian.cancel()
+            elif guardian_loop.is_running():
+                guardian_loop.call_soon_threadsafe(guardian.cancel)
+        if client is not None:
+            await client.aclose()
+
+    def describe(self) -> str:
+        """What the client is, for repr()."""
+        if self._url is not None:
+            from grelmicro.sync.redis._config import redact
+
+            return f"url={redact(self._url)!r}"
+        if self._borrowed is not None:
+            return f"client={self._borrowed!r}"
+        return "client=<provider>"

@@ -1,0 +1,644 @@
+"""Cron tasks: run a function at the wall-clock times of a cron expression.
+
+Each fire is claimed once across the fleet through the backend's
+`FireClaimBackend` capability, under the key ``cron:<name>``. A fire is
+identified by its scheduled time in whole milliseconds since the epoch, which
+every worker computes from the schedule alone: workers whose clocks disagree
+by a second or two still name the same fire, and the backend accepts only a
+fire later than the latest claimed one, so each fire is claimed once.
+
+Delivery:
+
+- default: the claim is final. A claimant that dies mid-run loses the fire.
+- ``at_least_once=True``: the claim is a lease of ``lease_seconds``, kept
+  while the run lasts and finished when it ends; the workers that lost the
+  claim watch the fire and take it over (`retake_fire`) if the lease lapses
+  unfinished. A finished fire never runs again.
+- ``local=True``: every worker runs every fire; no backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import tzinfo
+from typing import Any, Protocol, TypeVar
+
+import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskGroup, TaskStatus
+
+from grelmicro import _metrics
+from grelmicro._validate import SettingsValidationError, non_empty_str, number
+from grelmicro.sync._backends import get_default_backend
+from grelmicro.sync._primitive import (
+    DEFAULT_BACKEND_TIMEOUT,
+    call_backend,
+    check_backend,
+    worker_id,
+)
+from grelmicro.sync.abc import FireClaimBackend, NameCheckBackend, SyncBackend
+from grelmicro.sync.errors import SyncBackendError
+from grelmicro.sync.lock import Lock
+from grelmicro.task._cron_schedule import CronSchedule, to_datetime, to_ms
+from grelmicro.task._interval import default_task_name, prepare_call
+from grelmicro.task._run import Run, set_current_run
+from grelmicro.task.errors import FunctionTypeError, TaskError
+
+logger = logging.getLogger("grelmicro.task")
+
+T = TypeVar("T")
+
+#: Minimum seconds between two ERROR logs of the same task's backend errors.
+SYNC_ERROR_LOG_INTERVAL = 30.0
+#: Longest single sleep while waiting for a fire: the wall clock is read again
+#: at least this often, so a clock step (NTP) is followed.
+MAX_SLEEP = 30.0
+#: At most this many missed fires are counted (the WARNING says "at least").
+MISSED_COUNT_LIMIT = 100_000
+
+
+class CronBackendError(SyncBackendError):
+    """A backend call of a cron task failed (the message names the task's key)."""
+
+    def __init__(self, *, key: str, operation: str) -> None:
+        super().__init__(f"Cron fire claim failed: key={key!r}, {operation}")
+
+
+class FireClaimUnsupportedError(TaskError, TypeError):
+    """The backend of a coordinated cron task cannot claim fires."""
+
+    def __init__(self, *, name: str, backend: object) -> None:
+        super().__init__(
+            f"Cron task {name!r} needs a backend that can claim fires "
+            f"(grelmicro.sync.abc.FireClaimBackend), got {backend!r}: use "
+            "MemorySyncBackend, RedisSyncBackend or NatsSyncBackend, or "
+            "cron(..., local=True) to run every fire on every worker"
+        )
+
+
+class Clock(Protocol):
+    """The wall clock a cron task reads (injectable for tests)."""
+
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+        ...
+
+    async def sleep_until(self, instant: float) -> None:
+        """Return once `now()` is at or past `instant`."""
+        ...
+
+
+class WallClock:
+    """The system's wall clock (`time.time`)."""
+
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+        return time.time()
+
+    async def sleep_until(self, instant: float) -> None:
+        """Sleep until the wall clock reaches `instant` (re-read every 30 s)."""
+        while (remaining := instant - time.time()) > 0:  # noqa: ASYNC110
+            await anyio.sleep(min(remaining, MAX_SLEEP))
+
+
+class CronTask:
+    """Runs a function at each fire of a cron schedule, until cancelled.
+
+    Built by `TaskRouter.cron`; it implements `grelmicro.task.abc.Task`.
+    """
+
+    def __init__(
+        self,
+        *,
+        function: Callable[..., Any],
+        name: str,
+        schedule: CronSchedule,
+        local: bool = False,
+        misfire_grace_seconds: float | None = None,
+        at_least_once: bool = False,
+        lease_seconds: float = 60.0,
+        sync: Lock | None = None,
+        backend: SyncBackend | None = None,
+        worker: str | None = None,
+        cancel_on_loss: bool = True,
+        clock: Clock | None = None,
+        retry_seconds: float | None = None,
+    ) -> None:
+        self._name = name
+        self.function = function
+        self.schedule = schedule
+        self.local = local
+        self.misfire_grace_seconds = misfire_grace_seconds
+        self.at_least_once = at_least_once
+        self.lease_seconds = lease_seconds
+        self._sync = sync
+        self._backend = backend
+        self.worker = worker_id(worker)
+        self.cancel_on_loss = cancel_on_loss
+        self.clock: Clock = clock or WallClock()
+        #: Seconds between two attempts to take over a watched fire.
+        self.retry_seconds = (
+            retry_seconds
+            if retry_seconds is not None
+            else min(max(lease_seconds / 4, 0.05), 5.0)
+        )
+        self.key = f"cron:{name}"
+        self._call = prepare_call(function)
+        self._last_sync_error_log = -float("inf")
+        self._sync_errors_suppressed = 0
+
+    # Task protocol and what the manager checks at entry -----------------------------
+
+    @property
+    def name(self) -> str:
+        """The task's name."""
+        return self._name
+
+    @property
+    def needs_default_backend(self) -> bool:
+        """Whether the task uses the default backend (coordinated, no `backend=`)."""
+        return not self.local and self._backend is None
+
+    @property
+    def resource_lock(self) -> Lock | None:
+        """The `sync=` resource lock, if any."""
+        return self._sync
+
+    def __repr__(self) -> str:
+        return (
+            f"CronTask(name={self._name!r}, expression="
+            f"{self.schedule.expression!r}, timezone={self.schedule.timezone!r})"
+        )
+
+    def resolve_backend(self) -> FireClaimBackend | None:
+        """The backend claims go to (None for local tasks); fails if unusable."""
+        if self.local:
+            return None
+        backend = self._backend or get_default_backend(f"cron task {self._name!r}")
+        if not isinstance(backend, FireClaimBackend):
+            raise FireClaimUnsupportedError(name=self._name, backend=backend)
+        if isinstance(backend, NameCheckBackend):
+            backend.check_name(self.key)
+        return backend
+
+    # The loop --------------------------------------------------------------------------
+
+    async def __call__(
+        self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Fire until cancelled; raises at start if no usable backend."""
+        backend = self.resolve_backend()
+        clock = self.clock
+        schedule = self.schedule
+        grace = self.misfire_grace_seconds
+        async with anyio.create_task_group() as task_group:
+            task_status.started()
+            start = clock.now()
+            if backend is not None:
+                await self._catch_up(backend, task_group, start)
+            fires = schedule.iter_after(start)
+            while (fire := next(fires, None)) is not None:
+                await clock.sleep_until(fire)
+                now = clock.now()
+                following = schedule.next_after(fire)
+                if following is not None and following <= now:
+                    # Woke more than one fire late (a stalled loop): only the
+                    # latest due fire is attempted; the others were likely
+                    # run by other workers.
+                    latest = schedule.latest_at_or_before(now)
+                    if latest is not None and latest > fire:
+                        logger.debug(
+                            "Cron task woke late: %s, attempting %s only",
+                            self._name,
+                            to_datetime(latest).isoformat(),
+                        )
+                        fire = latest
+                        fires = schedule.iter_after(latest)
+                if grace is not None and now - fire > grace:
+                    logger.debug(
+                        "Cron fire older than misfire_grace_seconds: %s at %s",
+                        self._name,
+                        to_datetime(fire).isoformat(),
+                    )
+                    continue
+                if backend is None:
+                    task_group.start_soon(self._execute, fire, None, None, None)
+                else:
+                    await self._claim(backend, task_group, fire)
+            logger.info("Cron task has no more fires: %s", self._name)
+            await anyio.sleep_forever()
+
+    async def _catch_up(
+        self, backend: FireClaimBackend, task_group: TaskGroup, now: float
+    ) -> None:
+        """At start: run the latest missed fire (within the grace), count the rest.
+
+        Nothing is missed on the very first start (no fire was ever claimed):
+        the schedule begins with the next fire.
+        """
+        due = self.schedule.latest_at_or_before(now)
+        if due is None:
+            return
+        try:
+            stored = await self._backend_call(
+                lambda: backend.last_fire(name=self.key), "last_fire"
+            )
+        except SyncBackendError as exc:
+            self._log_sync_error(exc)
+            return
+        if stored is None or stored >= to_ms(due):
+            return
+        grace = self.misfire_grace_seconds
+        run_it = grace is None or now - due <= grace
+        fence = await self._claim(
+            backend, task_group, due, run=run_it, final=not run_it
+        )
+        if fence is None:
+            return  # another worker is handling it (and reports the misses)
+        older = self.schedule.count_between(
+            stored / 1000, due, limit=MISSED_COUNT_LIMIT
+        )
+        missed = older + (0 if run_it else 1)
+        if not missed:
+            return
+        for _ in range(missed):
+            _metrics.count_outcome(self._name, "missed")
+        at_least = "at least " if older >= MISSED_COUNT_LIMIT else ""
+        if run_it:
+            detail = f"running the latest one, due {to_datetime(due).isoformat()}"
+        else:
+            detail = (
+                f"the latest one, due {to_datetime(due).isoformat()}, is older "
+                f"than misfire_grace_seconds={grace!r}"
+            )
+        logger.warning(
+            "Cron task missed %s%d fire(s) while no worker was up: %s "
+            "(after the fire of %s; %s)",
+            at_least,
+            missed,
+            self._name,
+            to_datetime(stored / 1000).isoformat(),
+            detail,
+        )
+
+    async def _claim(
+        self,
+        backend: FireClaimBackend,
+        task_group: TaskGroup,
+        fire: float,
+        *,
+        run: bool = True,
+        final: bool = False,
+    ) -> int | None:
+        """Claim `fire`; start its run if claimed, else watch it (at-least-once)."""
+        fire_ms = to_ms(fire)
+        leased = self.at_least_once and not final
+        lease = self.lease_seconds if leased else None
+        started = time.monotonic()
+        try:
+            fence = await self._backend_call(
+                lambda: backend.claim_fire(
+                    name=self.key, fire=fire_ms, token=self.worker, lease=lease
+                ),
+                f"claim_fire(fire={fire_ms})",
+            )
+        except SyncBackendError as exc:
+            _metrics.lock_acquire("cron", "error", time.monotonic() - started)
+            self._log_sync_error(exc)
+            if leased and run:  # the claim may have been stored: watch it
+                task_group.start_soon(self._watch, backend, fire)
+            return None
+        _metrics.lock_acquire(
+            "cron", "busy" if fence is None else "acquired", time.monotonic() - started
+        )
+        self._sync_recovered()
+        if fence is None:
+            if leased and run:
+                task_group.start_soon(self._watch, backend, fire)
+            return None
+        if run:
+            lease_from = started if leased else None
+            task_group.start_soon(self._execute, fire, fence, backend, lease_from)
+        return fence
+
+    async def _watch(self, backend: FireClaimBackend, fire: float) -> None:
+        """Take over a leased fire if its claimant's lease lapses unfinished."""
+        fire_ms = to_ms(fire)
+        while True:
+            await anyio.sleep(self.retry_seconds)
+            started = time.monotonic()
+            try:
+                retake = await self._backend_call(
+                    lambda: backend.retake_fire(
+                        name=self.key,
+                        fire=fire_ms,
+                        token=self.worker,
+                        lease=self.lease_seconds,
+                    ),
+                    f"retake_fire(fire={fire_ms})",
+                )
+            except SyncBackendError as exc:
+                self._log_sync_error(exc)
+                continue
+            if retake.done:
+                return
+            if retake.fence is not None:
+                _metrics.lock_acquire("cron", "acquired", time.monotonic() - started)
+                logger.warning(
+                    "Cron fire taken over: %s due %s (its claimant's lease "
+                    "lapsed before the run finished)",
+                    self._name,
+                    to_datetime(fire).isoformat(),
+                )
+                await self._execute(fire, retake.fence, backend, started)
+                return
+
+    # One run ---------------------------------------------------------------------------
+
+    async def _execute(
+        self,
+        fire: float,
+        fence: int | None,
+        backend: FireClaimBackend | None,
+        lease_from: float | None,
+    ) -> None:
+        """Run the function for `fire`, in this task (its own task).
+
+        `lease_from` (monotonic) is when the fire's lease was taken, for
+        at-least-once runs; None for runs whose claim is final (or local).
+        """
+        run = Run(name=self._name, scheduled_at=to_datetime(fire), fencing_token=fence)
+        set_current_run(run)
+        leased = backend is not None and lease_from is not None
+        resource = self._sync
+        if resource is not None:
+            try:
+                await resource.acquire_nowait()
+            except anyio.WouldBlock:
+                logger.debug("Task skipped: %s", self._name)
+                _metrics.count_outcome(self._name, "skipped")
+                if leased:  # skipped on purpose: the fire is done with
+                    await self._finish(backend, fire)
+                return
+            except SyncBackendError as exc:
+                self._log_sync_error(exc)
+                return  # a leased fire lapses and is retried elsewhere
+        recorder = _metrics.start_run(
+            self._name, scheduled_at=fire, fencing_token=fence
+        )
+        outcome = "success"
+        error: BaseException | None = None
+        try:
+            if backend is not None and lease_from is not None:
+                error = await self._run_leased(run, backend, fire, lease_from)
+            else:
+                error = await self._run_function()
+            if error is not None:
+                outcome = "error"
+            if run.lost:
+                outcome = "lost"
+        except BaseException as exc:  # cancelled: the manager is stopping
+            outcome, error = "error", exc
+            raise
+        finally:
+            recorder.finish(outcome, error)
+            if resource is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await resource.release()
+                    except SyncBackendError as exc:
+                        self._log_sync_error(exc)
+        if leased and not run.lost:
+            await self._finish(backend, fire)
+
+    async def _run_function(self) -> Exception | None:
+        try:
+            await self._call()
+        except Exception as exc:
+            logger.exception("Task execution error: %s", self._name)
+            return exc
+        return None
+
+    async def _run_leased(
+        self, run: Run, backend: FireClaimBackend, fire: float, lease_from: float
+    ) -> Exception | None:
+        """Run the function while keeping the fire's lease; cancel it on loss."""
+        scope = anyio.CancelScope()
+        error: Exception | None = None
+        async with anyio.create_task_group() as keepers:
+            keepers.start_soon(self._keep, run, backend, fire, lease_from, scope)
+            with scope:
+                error = await self._run_function()
+            keepers.cancel_scope.cancel()
+        return error
+
+    async def _keep(
+        self,
+        run: Run,
+        backend: FireClaimBackend,
+        fire: float,
+        lease_from: float,
+        scope: anyio.CancelScope,
+    ) -> None:
+        """Extend the lease every third of it; mark the run lost when it lapses."""
+        lease = self.lease_seconds
+        expires = lease_from + lease
+        fire_ms = to_ms(fire)
+        while True:
+            await anyio.sleep(max(lease / 3, 0.01))
+            started = time.monotonic()
+            if started >= expires:
+                break
+            try:
+                with anyio.move_on_after(max(expires - started, 0.0)) as deadline:
+                    kept = await self._backend_call(
+                        lambda: backend.keep_fire(
+                            name=self.key, fire=fire_ms, token=self.worker, lease=lease
+                        ),
+                        f"keep_fire(fire={fire_ms})",
+                        timeout=min(DEFAULT_BACKEND_TIMEOUT, lease / 3),
+                    )
+                if deadline.cancelled_caught:
+                    break
+            except SyncBackendError as exc:
+                self._log_sync_error(exc)
+                continue  # retried until the lease is over
+            if not kept:
+                break
+            expires = started + lease
+        logger.warning(
+            "Task lock lost while running: %s (the lease on the fire due %s "
+            "could not be kept; another worker may run it again)",
+            self._name,
+            to_datetime(fire).isoformat(),
+        )
+        run.mark_lost()
+        if self.cancel_on_loss:
+            scope.cancel()
+
+    async def _finish(self, backend: FireClaimBackend | None, fire: float) -> None:
+        if backend is None:
+            return
+        fire_ms = to_ms(fire)
+        with anyio.CancelScope(shield=True):
+            try:
+                done = await self._backend_call(
+                    lambda: backend.finish_fire(
+                        name=self.key, fire=fire_ms, token=self.worker
+                    ),
+                    f"finish_fire(fire={fire_ms})",
+                )
+            except SyncBackendError as exc:
+                self._log_sync_error(exc)
+                return
+        if not done:
+            logger.warning(
+                "Task lock lost while running: %s (the lease on the fire due %s "
+                "lapsed before the run finished; another worker may run it again)",
+                self._name,
+                to_datetime(fire).isoformat(),
+            )
+
+    # Backend calls and their errors -------------------------------------------------
+
+    async def _backend_call(
+        self,
+        call: Callable[[], Awaitable[T]],
+        operation: str,
+        *,
+        timeout: float = DEFAULT_BACKEND_TIMEOUT,  # noqa: ASYNC109
+    ) -> T:
+        return await call_backend(
+            call, lambda: CronBackendError(key=self.key, operation=operation), timeout
+        )
+
+    def _log_sync_error(self, exc: SyncBackendError) -> None:
+        now = time.monotonic()
+        if now - self._last_sync_error_log >= SYNC_ERROR_LOG_INTERVAL:
+            suppressed = self._sync_errors_suppressed
+            extra = f" ({suppressed} similar errors not logged)" if suppressed else ""
+            logger.error(
+                "Task synchronization error: %s%s", self._name, extra, exc_info=exc
+            )
+            self._last_sync_error_log = now
+            self._sync_errors_suppressed = 0
+        else:
+            self._sync_errors_suppressed += 1
+            logger.debug("Task synchronization error: %s: %r", self._name, exc)
+
+    def _sync_recovered(self) -> None:
+        if self._last_sync_error_log != -float("inf"):
+            logger.info("Task synchronization recovered: %s", self._name)
+            self._last_sync_error_log = -float("inf")
+            self._sync_errors_suppressed = 0
+
+
+def build_cron_task(
+    function: Callable[..., Any],
+    *,
+    schedule: CronSchedule,
+    name: str | None,
+    local: bool,
+    misfire_grace_seconds: float | None,
+    at_least_once: bool,
+    lease_seconds: float,
+    sync: Lock | None,
+    backend: SyncBackend | None,
+    worker: str | None,
+    cancel_on_loss: bool,
+    clock: Clock | None = None,
+    retry_seconds: float | None = None,
+) -> CronTask:
+    """The `CronTask` running `function` (arguments validated by `check_cron_args`)."""
+    if not callable(function):
+        raise FunctionTypeError(function)
+    return CronTask(
+        function=function,
+        name=name or default_task_name(function),
+        schedule=schedule,
+        local=local,
+        misfire_grace_seconds=misfire_grace_seconds,
+        at_least_once=at_least_once,
+        lease_seconds=lease_seconds,
+        sync=sync,
+        backend=backend,
+        worker=worker,
+        cancel_on_loss=cancel_on_loss,
+        clock=clock,
+        retry_seconds=retry_seconds,
+    )
+
+
+def check_cron_args(
+    expression: Any,
+    *,
+    name: Any,
+    timezone: Any,
+    local: Any,
+    misfire_grace_seconds: Any,
+    at_least_once: Any,
+    lease_seconds: Any,
+    sync: Any,
+    backend: Any,
+    worker: Any,
+    cancel_on_loss: Any,
+) -> tuple[CronSchedule, float | None, float, str | None]:
+    """Validate the arguments of `cron()`: (schedule, grace, lease, worker).
+
+    Every problem is a `SettingsValidationError` naming the parameter.
+    """
+    schedule = CronSchedule(expression, _timezone_arg(timezone))
+    if name is not None:
+        non_empty_str("name", name)
+    for flag, value in (
+        ("local", local),
+        ("at_least_once", at_least_once),
+        ("cancel_on_loss", cancel_on_loss),
+    ):
+        if not isinstance(value, bool):
+            msg = f"{flag} must be a bool, got {value!r}"
+            raise SettingsValidationError(msg)
+    grace = (
+        None
+        if misfire_grace_seconds is None
+        else number("misfire_grace_seconds", misfire_grace_seconds)
+    )
+    lease = number("lease_seconds", lease_seconds)
+    if sync is not None and not isinstance(sync, Lock):
+        msg = f"sync must be a grelmicro.sync.Lock (a resource lock), got {sync!r}"
+        raise SettingsValidationError(msg)
+    check_backend(backend)
+    if local and at_least_once:
+        msg = (
+            "at_least_once=True needs a coordinated task: it cannot be combined "
+            "with local=True (every worker runs every fire)"
+        )
+        raise SettingsValidationError(msg)
+    if local and backend is not None:
+        msg = "backend= is unused with local=True (no backend is used): drop one"
+        raise SettingsValidationError(msg)
+    worker_name = None if worker is None else worker_id(worker)
+    return schedule, grace, lease, worker_name
+
+
+def _timezone_arg(timezone: Any) -> str | tzinfo:
+    if isinstance(timezone, str | tzinfo):
+        return timezone
+    msg = (
+        "timezone must be an IANA time zone name (such as 'Europe/Zurich') or "
+        f"a tzinfo, got {timezone!r}"
+    )
+    raise SettingsValidationError(msg)
+
+
+__all__ = [
+    "Clock",
+    "CronBackendError",
+    "CronTask",
+    "FireClaimUnsupportedError",
+    "WallClock",
+    "build_cron_task",
+    "check_cron_args",
+]
