@@ -40,7 +40,7 @@ if (
 sys.path.insert(0, str(BENCH))
 
 # The imports below need the path set above.
-from runner import load, lock, scheduler, takeover  # noqa: E402
+from runner import load, lock, otel, scheduler, takeover  # noqa: E402
 from runner.common import FULL, SMOKE, Context, log  # noqa: E402
 from runner.envs import (  # noqa: E402
     Env,
@@ -54,7 +54,7 @@ from runner.servers import nats_binary, servers  # noqa: E402
 
 #: In the order they run.
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (lock, scheduler, load, takeover)
+    m.NAME: m for m in (lock, scheduler, load, takeover, otel)
 }
 #: Environments that are not peers (kept by --no-peers).
 OWN_ENVS = {"project", "baseline", "tools"}

@@ -46,7 +46,7 @@ class Settings:
     takeover_interval: float = 0.05
     otel_rounds: int = 3
     otel_tasks: int = 10_000
-    otel_seconds: float = 20.0
+    otel_seconds: float = 10.0
 
     def with_rounds(self, rounds: int) -> Settings:
         """These settings with every benchmark's number of rounds set."""

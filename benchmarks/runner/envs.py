@@ -67,6 +67,7 @@ def clean_env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if k not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}
+        and not k.startswith("OTEL_")  # no OpenTelemetry set-up leaking in
     }
     env["PYTHONUNBUFFERED"] = "1"
     return env

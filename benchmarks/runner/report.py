@@ -11,6 +11,7 @@ from runner.tables import (
     _met,
     _n,
     _ok,
+    _otel_tables,
     _row,
     _s,
     _scheduler_tables,
@@ -228,6 +229,38 @@ def _multi_summary(output: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _otel_summary(output: dict[str, Any]) -> list[str]:
+    """Issue 13: with no provider, the per-run overhead is within noise;
+    with the SDK's in-memory reader, reported."""
+    bench = _bench(output, "otel")
+    if bench is None:
+        return []
+    floor = _row(bench, "absent")
+    return [
+        _row_line(
+            f"OpenTelemetry, {row['label']}, extra CPU per run",
+            f"{_n(floor.get('cpu_us_per_run'), 1)} µs per run (not importable)",
+            "—",
+            f"{_n(row.get('extra_us_per_run'), 2)} µs ({_x(row.get('cpu_ratio'))} CPU)",
+            "within noise (the floor's spread over rounds, "
+            f"{_n(floor.get('noise_us_per_run'), 2)} µs)"
+            if target == "no-provider"
+            else "—",
+            _met(
+                abs(row.get("extra_us_per_run", float("nan"))),
+                floor["noise_us_per_run"],
+                below=True,
+            )
+            if target == "no-provider" and "noise_us_per_run" in floor
+            else "not measured (one round)"
+            if target == "no-provider"
+            else "—",
+        )
+        for target in ("no-provider", "metrics", "metrics+traces")
+        if (row := _row(bench, target))
+    ]
+
+
 def _summary(output: dict[str, Any]) -> list[str]:
     return [
         "| Benchmark | Floor | Best peer | This project | Target | Met |",
@@ -235,6 +268,7 @@ def _summary(output: dict[str, Any]) -> list[str]:
         *_lock_summary(output),
         *_scheduler_summary(output),
         *_multi_summary(output),
+        *_otel_summary(output),
     ]
 
 
@@ -249,7 +283,7 @@ def markdown_report(output: dict[str, Any]) -> str:
         f"Python {machine.get('python', '?')}, {machine.get('redis_server', '?').split(' sha=')[0]}, "
         f"{machine.get('nats_server', '?')}; took {output.get('elapsed_s', 0):.0f} s.",
         "",
-        "### Summary against the targets (issues 11 and 15)",
+        "### Summary against the targets (issues 11, 12, 13 and 15)",
         "",
         *_summary(output),
         "",
@@ -257,6 +291,7 @@ def markdown_report(output: dict[str, Any]) -> str:
         *_scheduler_tables(output, notes),
         *_load_tables(output, notes),
         *_takeover_tables(output, notes),
+        *_otel_tables(output, notes),
     ]
     env_notes = [
         f"- environment `{name}`: {env['error']}"

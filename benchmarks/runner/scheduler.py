@@ -125,6 +125,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
                     row["startup_idle"] = all(
                         r.get("startup_idle", True) for r in row["rounds"]
                     )
+                    row["stalled"] = any(r.get("stalled") for r in row["rounds"])
             benchmarks.append(
                 {
                     "name": f"{name}-{jobs}",

@@ -126,6 +126,12 @@ def _scheduler_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
             )
             if row["status"] != "ok":
                 notes.append(f"{row['label']} ({bench['jobs']} jobs): {row['status']}")
+            if row.get("stalled"):
+                notes.append(
+                    f"{row['label']} ({bench['jobs']} jobs): stalled, the event loop "
+                    "could not keep up and never reported; its figures come from a "
+                    "watchdog thread (window opened at the start-up cap)"
+                )
         lines.append("")
     return lines
 
@@ -222,5 +228,36 @@ def _takeover_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
         )
         if row["status"] != "ok":
             notes.append(f"{row['label']} (takeover): {row['status']}")
+    lines.append("")
+    return lines
+
+
+def _otel_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
+    bench = _bench(output, "otel")
+    if bench is None:
+        return []
+    rounds = output["settings"].get("otel_rounds", "?")
+    lines = [
+        f"### {bench['title']}",
+        "",
+        f"Median of {rounds} rounds, each case in a fresh process, cases interleaved; "
+        "extra CPU per run against the floor (OpenTelemetry not importable) of the "
+        "same round.",
+        "",
+        "| Case | CPU s/s | ratio to floor | runs/s | CPU per run | extra CPU per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in bench["rows"]:
+        if "cpu_per_s" not in row:
+            lines.append(f"| {row['label']} | {_s(row['status'])} |" + " — |" * 4)
+            continue
+        label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
+        lines.append(
+            f"| {label} | {_n(row['cpu_per_s'], 3)} | {_x(row.get('cpu_ratio'))} | "
+            f"{_n(row.get('runs_per_s'))} | {_n(row.get('cpu_us_per_run'), 1, ' µs')} | "
+            f"{_n(row.get('extra_us_per_run'), 2, ' µs')} |"
+        )
+        if row["status"] != "ok":
+            notes.append(f"{row['label']} (otel): {row['status']}")
     lines.append("")
     return lines
