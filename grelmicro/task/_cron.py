@@ -22,88 +22,51 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import tzinfo
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
 
 from grelmicro import _metrics
-from grelmicro._validate import SettingsValidationError, non_empty_str, number
 from grelmicro.sync._backends import get_default_backend
 from grelmicro.sync._primitive import (
     DEFAULT_BACKEND_TIMEOUT,
     call_backend,
-    check_backend,
     worker_id,
 )
 from grelmicro.sync.abc import FireClaimBackend, NameCheckBackend, SyncBackend
 from grelmicro.sync.errors import SyncBackendError
 from grelmicro.sync.lock import Lock
+from grelmicro.task._cron_args import (
+    MISSED_COUNT_LIMIT,
+    Clock,
+    CronBackendError,
+    FireClaimUnsupportedError,
+    SyncErrorLog,
+    WallClock,
+    check_cron_args,
+    report_missed,
+)
 from grelmicro.task._cron_schedule import CronSchedule, to_datetime, to_ms
 from grelmicro.task._interval import default_task_name, prepare_call
 from grelmicro.task._run import Run, set_current_run
-from grelmicro.task.errors import FunctionTypeError, TaskError
+from grelmicro.task.errors import FunctionTypeError
 
 logger = logging.getLogger("grelmicro.task")
 
 T = TypeVar("T")
 
-#: Minimum seconds between two ERROR logs of the same task's backend errors.
-SYNC_ERROR_LOG_INTERVAL = 30.0
-#: Longest single sleep while waiting for a fire: the wall clock is read again
-#: at least this often, so a clock step (NTP) is followed.
-MAX_SLEEP = 30.0
-#: At most this many missed fires are counted (the WARNING says "at least").
-MISSED_COUNT_LIMIT = 100_000
+#: The clock skew between workers the claims tolerate, in seconds. A worker
+#: starting up never marks as missed a fire due less than this long ago.
+CLOCK_SKEW = 2.0
+#: Seconds a worker watching an at-least-once fire goes on without an answer
+#: from the backend before it stops watching: the backends remember a
+#: completed fire for 60 s, and a takeover after they forgot could run it again.
+WATCH_BLIND_LIMIT = 30.0
 
 
-class CronBackendError(SyncBackendError):
-    """A backend call of a cron task failed (the message names the task's key)."""
-
-    def __init__(self, *, key: str, operation: str) -> None:
-        super().__init__(f"Cron fire claim failed: key={key!r}, {operation}")
-
-
-class FireClaimUnsupportedError(TaskError, TypeError):
-    """The backend of a coordinated cron task cannot claim fires."""
-
-    def __init__(self, *, name: str, backend: object) -> None:
-        super().__init__(
-            f"Cron task {name!r} needs a backend that can claim fires "
-            f"(grelmicro.sync.abc.FireClaimBackend), got {backend!r}: use "
-            "MemorySyncBackend, RedisSyncBackend or NatsSyncBackend, or "
-            "cron(..., local=True) to run every fire on every worker"
-        )
-
-
-class Clock(Protocol):
-    """The wall clock a cron task reads (injectable for tests)."""
-
-    def now(self) -> float:
-        """Seconds since the Unix epoch."""
-        ...
-
-    async def sleep_until(self, instant: float) -> None:
-        """Return once `now()` is at or past `instant`."""
-        ...
-
-
-class WallClock:
-    """The system's wall clock (`time.time`)."""
-
-    def now(self) -> float:
-        """Seconds since the Unix epoch."""
-        return time.time()
-
-    async def sleep_until(self, instant: float) -> None:
-        """Sleep until the wall clock reaches `instant` (re-read every 30 s)."""
-        while (remaining := instant - time.time()) > 0:  # noqa: ASYNC110
-            await anyio.sleep(min(remaining, MAX_SLEEP))
-
-
-class CronTask:
+class CronTask(SyncErrorLog):
     """Runs a function at each fire of a cron schedule, until cancelled.
 
     Built by `TaskRouter.cron`; it implements `grelmicro.task.abc.Task`.
@@ -146,8 +109,6 @@ class CronTask:
         )
         self.key = f"cron:{name}"
         self._call = prepare_call(function)
-        self._last_sync_error_log = -float("inf")
-        self._sync_errors_suppressed = 0
 
     # Task protocol and what the manager checks at entry -----------------------------
 
@@ -176,7 +137,9 @@ class CronTask:
         """The backend claims go to (None for local tasks); fails if unusable."""
         if self.local:
             return None
-        backend = self._backend or get_default_backend(f"cron task {self._name!r}")
+        backend = self._backend
+        if backend is None:
+            backend = get_default_backend(f"cron task {self._name!r}")
         if not isinstance(backend, FireClaimBackend):
             raise FireClaimUnsupportedError(name=self._name, backend=backend)
         if isinstance(backend, NameCheckBackend):
@@ -238,9 +201,6 @@ class CronTask:
         Nothing is missed on the very first start (no fire was ever claimed):
         the schedule begins with the next fire.
         """
-        due = self.schedule.latest_at_or_before(now)
-        if due is None:
-            return
         try:
             stored = await self._backend_call(
                 lambda: backend.last_fire(name=self.key), "last_fire"
@@ -248,10 +208,17 @@ class CronTask:
         except SyncBackendError as exc:
             self._log_sync_error(exc)
             return
-        if stored is None or stored >= to_ms(due):
+        if stored is None:
+            return
+        due = self.schedule.latest_at_or_before(now)
+        if due is None or stored >= to_ms(due):
             return
         grace = self.misfire_grace_seconds
         run_it = grace is None or now - due <= grace
+        if not run_it and now - due <= CLOCK_SKEW:
+            # Too old to run here, but recent enough that workers with
+            # slower clocks may be about to claim it on time: leave it.
+            return
         fence = await self._claim(
             backend, task_group, due, run=run_it, final=not run_it
         )
@@ -263,24 +230,13 @@ class CronTask:
         missed = older + (0 if run_it else 1)
         if not missed:
             return
-        for _ in range(missed):
-            _metrics.count_outcome(self._name, "missed")
-        at_least = "at least " if older >= MISSED_COUNT_LIMIT else ""
-        if run_it:
-            detail = f"running the latest one, due {to_datetime(due).isoformat()}"
-        else:
-            detail = (
-                f"the latest one, due {to_datetime(due).isoformat()}, is older "
-                f"than misfire_grace_seconds={grace!r}"
-            )
-        logger.warning(
-            "Cron task missed %s%d fire(s) while no worker was up: %s "
-            "(after the fire of %s; %s)",
-            at_least,
-            missed,
+        report_missed(
             self._name,
-            to_datetime(stored / 1000).isoformat(),
-            detail,
+            missed,
+            capped=older >= MISSED_COUNT_LIMIT,
+            after=stored / 1000,
+            due=due,
+            grace=None if run_it else grace,
         )
 
     async def _claim(
@@ -326,9 +282,21 @@ class CronTask:
     async def _watch(self, backend: FireClaimBackend, fire: float) -> None:
         """Take over a leased fire if its claimant's lease lapses unfinished."""
         fire_ms = to_ms(fire)
+        last_answer = time.monotonic()
         while True:
             await anyio.sleep(self.retry_seconds)
             started = time.monotonic()
+            if started - last_answer > WATCH_BLIND_LIMIT:
+                # The backend forgets a completed fire's marker after a while:
+                # past that, a takeover could run a completed fire again.
+                logger.warning(
+                    "Cron fire no longer watched: %s due %s (the backend did "
+                    "not answer for %.0f s)",
+                    self._name,
+                    to_datetime(fire).isoformat(),
+                    started - last_answer,
+                )
+                return
             try:
                 retake = await self._backend_call(
                     lambda: backend.retake_fire(
@@ -342,6 +310,7 @@ class CronTask:
             except SyncBackendError as exc:
                 self._log_sync_error(exc)
                 continue
+            last_answer = time.monotonic()
             if retake.done:
                 return
             if retake.fence is not None:
@@ -514,26 +483,6 @@ class CronTask:
             call, lambda: CronBackendError(key=self.key, operation=operation), timeout
         )
 
-    def _log_sync_error(self, exc: SyncBackendError) -> None:
-        now = time.monotonic()
-        if now - self._last_sync_error_log >= SYNC_ERROR_LOG_INTERVAL:
-            suppressed = self._sync_errors_suppressed
-            extra = f" ({suppressed} similar errors not logged)" if suppressed else ""
-            logger.error(
-                "Task synchronization error: %s%s", self._name, extra, exc_info=exc
-            )
-            self._last_sync_error_log = now
-            self._sync_errors_suppressed = 0
-        else:
-            self._sync_errors_suppressed += 1
-            logger.debug("Task synchronization error: %s: %r", self._name, exc)
-
-    def _sync_recovered(self) -> None:
-        if self._last_sync_error_log != -float("inf"):
-            logger.info("Task synchronization recovered: %s", self._name)
-            self._last_sync_error_log = -float("inf")
-            self._sync_errors_suppressed = 0
-
 
 def build_cron_task(
     function: Callable[..., Any],
@@ -569,68 +518,6 @@ def build_cron_task(
         clock=clock,
         retry_seconds=retry_seconds,
     )
-
-
-def check_cron_args(
-    expression: Any,
-    *,
-    name: Any,
-    timezone: Any,
-    local: Any,
-    misfire_grace_seconds: Any,
-    at_least_once: Any,
-    lease_seconds: Any,
-    sync: Any,
-    backend: Any,
-    worker: Any,
-    cancel_on_loss: Any,
-) -> tuple[CronSchedule, float | None, float, str | None]:
-    """Validate the arguments of `cron()`: (schedule, grace, lease, worker).
-
-    Every problem is a `SettingsValidationError` naming the parameter.
-    """
-    schedule = CronSchedule(expression, _timezone_arg(timezone))
-    if name is not None:
-        non_empty_str("name", name)
-    for flag, value in (
-        ("local", local),
-        ("at_least_once", at_least_once),
-        ("cancel_on_loss", cancel_on_loss),
-    ):
-        if not isinstance(value, bool):
-            msg = f"{flag} must be a bool, got {value!r}"
-            raise SettingsValidationError(msg)
-    grace = (
-        None
-        if misfire_grace_seconds is None
-        else number("misfire_grace_seconds", misfire_grace_seconds)
-    )
-    lease = number("lease_seconds", lease_seconds)
-    if sync is not None and not isinstance(sync, Lock):
-        msg = f"sync must be a grelmicro.sync.Lock (a resource lock), got {sync!r}"
-        raise SettingsValidationError(msg)
-    check_backend(backend)
-    if local and at_least_once:
-        msg = (
-            "at_least_once=True needs a coordinated task: it cannot be combined "
-            "with local=True (every worker runs every fire)"
-        )
-        raise SettingsValidationError(msg)
-    if local and backend is not None:
-        msg = "backend= is unused with local=True (no backend is used): drop one"
-        raise SettingsValidationError(msg)
-    worker_name = None if worker is None else worker_id(worker)
-    return schedule, grace, lease, worker_name
-
-
-def _timezone_arg(timezone: Any) -> str | tzinfo:
-    if isinstance(timezone, str | tzinfo):
-        return timezone
-    msg = (
-        "timezone must be an IANA time zone name (such as 'Europe/Zurich') or "
-        f"a tzinfo, got {timezone!r}"
-    )
-    raise SettingsValidationError(msg)
 
 
 __all__ = [

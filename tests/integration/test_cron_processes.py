@@ -406,7 +406,8 @@ def test_killed_claimant_fire_reruns_only_with_at_least_once(
 def test_latest_missed_fire_runs_once_unless_older_than_the_grace(
     kinds: dict[str, str], fleets: list[Fleet], tmp_path: Path
 ) -> None:
-    expression = "*/2 * * * * *"
+    period = 3  # seconds; a 60 s minute holds whole periods
+    expression = f"*/{period} * * * * *"
     plain: list[Fleet] = []
     graced: list[Fleet] = []
     for kind, url in kinds.items():
@@ -426,29 +427,30 @@ def test_latest_missed_fire_runs_once_unless_older_than_the_grace(
     for fleet in fleets:
         fleet.stop_all()
     last = {fleet: max(r.fire_ms for r in fleet.records()) for fleet in fleets}
-    # Phase 2: down across at least two fires; one worker starts 1 s after
-    # a fire (2 s periods, aligned on the same even seconds in every fleet).
+    # Phase 2: down across at least two fires; one worker starts 2.5 s after
+    # a fire (beyond the 2 s of clock skew within which a starting worker
+    # leaves a just-due fire to the workers that may be up).
     second = [fleet.spawn("second") for fleet in fleets]
     for worker in second:
         worker.wait_line("ready")
-    go_at = max(last.values()) / 1000 + 5.0
+    go_at = max(last.values()) / 1000 + 2 * period + 2.5
     while go_at < time.time() + 0.2:
-        go_at += 2.0
+        go_at += period
     time.sleep(go_at - time.time())
     for worker in second:
         worker.go()
     for worker in second:
         worker.wait_line("started")
-    time.sleep(go_at + 2.5 - time.time())  # the next regular fire runs too
+    time.sleep(max(go_at + 1.5 - time.time(), 0.0))  # the next regular fire too
     for fleet in fleets:
         fleet.stop_all()
     for fleet in fleets:
         stored = last[fleet]
         runs = [r.fire_ms for r in fleet.records() if r.worker == "second"]
-        latest = round(go_at * 1000) - 1000
-        regular = latest + 2000
-        older = (latest - stored) // 2000 - 1  # fires strictly in between
-        missed_older = latest - 2000
+        latest = round(go_at * 1000) - 2500
+        regular = latest + period * 1000
+        older = (latest - stored) // (period * 1000) - 1  # strictly in between
+        missed_older = latest - period * 1000
         (restarted,) = [w for w in fleet.workers if w.name == "second"]
         warnings = [w for w in restarted.warnings() if "missed" in w]
         assert len(warnings) == 1, f"{fleet.summary()}: {restarted.stderr()}"

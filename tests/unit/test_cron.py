@@ -16,9 +16,10 @@ from anyio import wait_all_tasks_blocked
 from grelmicro import _metrics
 from grelmicro.errors import SettingsValidationError
 from grelmicro.sync import Lock
+from grelmicro.sync.abc import FireRetake
 from grelmicro.sync.errors import BackendNotLoadedError
 from grelmicro.sync.memory import MemorySyncBackend
-from grelmicro.task import Run, TaskManager, TaskRouter, current_run
+from grelmicro.task import Run, TaskManager, TaskRouter, _cron, current_run
 from grelmicro.task._cron import (
     CronTask,
     FireClaimUnsupportedError,
@@ -69,6 +70,7 @@ class ScriptedBackend(MemorySyncBackend):
         super().__init__(auto_register=False)
         self.fail_claims = False
         self.refuse_keeps = False
+        self.fail_retakes = False
 
     async def claim_fire(
         self, *, name: str, fire: int, token: str, lease: float | None
@@ -84,6 +86,14 @@ class ScriptedBackend(MemorySyncBackend):
         if self.refuse_keeps:
             return False
         return await super().keep_fire(name=name, fire=fire, token=token, lease=lease)
+
+    async def retake_fire(
+        self, *, name: str, fire: int, token: str, lease: float
+    ) -> FireRetake:
+        if self.fail_retakes:
+            msg = "connection refused"
+            raise ConnectionError(msg)
+        return await super().retake_fire(name=name, fire=fire, token=token, lease=lease)
 
 
 def make_task(
@@ -735,3 +745,71 @@ async def test_with_a_manager_and_the_wall_clock() -> None:
     for run in seen:
         assert run.scheduled_at.microsecond == 0
         assert run.fencing_token is not None
+
+
+async def test_a_just_due_fire_beyond_the_grace_is_left_to_live_workers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A starting worker whose clock runs ahead must not take a fire away
+    from live workers whose clocks are behind: within the 2 s of tolerated
+    skew, a fire too old for its grace is neither run nor marked missed."""
+    backend = MemorySyncBackend(auto_register=False)
+    assert await backend.claim_fire(
+        name="cron:job", fire=int((T0 + 20) * 1000), token="live", lease=None
+    )
+    starting = Recorder()
+    clock = FakeClock(T0 + 31.5)  # 1.5 s past the fire of T0 + 30
+    task = make_task(
+        starting,
+        "*/10 * * * * *",
+        clock=clock,
+        backend=backend,
+        misfire_grace_seconds=0.5,
+    )
+    with caplog.at_level(logging.WARNING, logger="grelmicro.task"):
+        async with anyio.create_task_group() as tg:
+            await tg.start(task)
+            await wait_all_tasks_blocked()
+            # A live worker, its clock 1.5 s behind, claims the fire on time.
+            live = await backend.claim_fire(
+                name="cron:job", fire=int((T0 + 30) * 1000), token="live", lease=None
+            )
+            tg.cancel_scope.cancel()
+    assert live is not None
+    assert starting.runs == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_watcher_without_backend_answers_stops_watching(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the time the backend remembers a completed fire, a takeover
+    could run it again: a watcher that cannot reach the backend gives up."""
+    monkeypatch.setattr(_cron, "WATCH_BLIND_LIMIT", 0.3)
+    backend = ScriptedBackend()
+    clock = FakeClock(T0 - 1)
+    recorder = Recorder()
+    task = make_task(
+        recorder,
+        clock=clock,
+        backend=backend,
+        at_least_once=True,
+        lease_seconds=0.2,
+        retry_seconds=0.05,
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(task)
+        assert await backend.claim_fire(
+            name="cron:job", fire=int(T0 * 1000), token="other", lease=0.2
+        )
+        backend.fail_retakes = True
+        with caplog.at_level(logging.WARNING, logger="grelmicro.task"):
+            await clock.advance(T0)
+            await anyio.sleep(0.6)
+            backend.fail_retakes = False  # answers again, too late
+            await anyio.sleep(0.3)
+        tg.cancel_scope.cancel()
+    assert recorder.runs == []
+    assert any(
+        r.message.startswith("Cron fire no longer watched: job") for r in caplog.records
+    )

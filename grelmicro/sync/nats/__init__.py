@@ -12,19 +12,24 @@ compare-and-set on the key's last sequence (the
 ``Nats-Expected-Last-Subject-Sequence`` header) and carries a per-message TTL
 (``Nats-TTL``), so the server expires abandoned locks.
 
-**Expiry is the server's alone.** The server keeps per-message TTLs in whole
-seconds (it truncates ``"1500ms"`` to one second) and rejects TTLs under one
-second, so a lease of `duration` seconds is written with a TTL of
-``ceil(duration)`` seconds, at least one second: a 0.2 s lease holds the key
-for one second, a 1.5 s lease for two. A lease is never shorter than asked.
-A key is held until the server removes it (within milliseconds of its TTL on
-NATS server 2.11+); the backend never compares a server timestamp with any
-clock, so a stream-leader change in a cluster (the next reading coming from
-another machine's clock) cannot end a lease early. How long another holder's
-lease lasts (`acquire_or_remaining`, `wait_released`) is an upper bound: its
-TTL counted on this machine's monotonic clock from when the backend first
-saw its write. In a bucket with limit markers (``subject_delete_marker_ttl``)
-the server may keep a lease shorter than the marker TTL for the marker TTL.
+**Leases.** The server keeps per-message TTLs in whole seconds (it
+truncates ``"1500ms"`` to one second) and rejects TTLs under one second, so
+a lease of `duration` seconds is written with a TTL of ``ceil(duration)``
+seconds, at least one second; when the lease is not a whole number of
+seconds it is also written exactly (header ``Grelmicro-Lease-Ms``). A lease
+is never shorter than asked.
+
+**No clock comparison.** A worker that receives another token's entry
+counts that lease on its own monotonic clock from the moment it received
+it: the entry was written before, so the lease surely ended by then. It then
+takes the lock over with a compare-and-set on the sequence it saw (an
+extension meanwhile changed it). The server's timestamps are never compared
+with any clock, so a stream-leader change in a cluster (whose next reading
+would come from another machine's clock) cannot end a lease early. A worker
+that first sees an entry late in its lease waits longer than needed (at
+most one lease); the server removes an abandoned key at its whole-second
+TTL anyway. How long another holder's lease lasts (`acquire_or_remaining`,
+`wait_released`) is that same upper bound.
 
 **Fencing tokens.** The stream sequence of the write that took a lock is its
 fencing token (`acquire_fenced`): sequences only grow, across all processes

@@ -44,6 +44,9 @@ MARKER_REASON: Final = "Nats-Marker-Reason"
 #: On an extension: the fencing token of the holding (the sequence of the
 #: write that took the lock), carried from write to write.
 FENCE: Final = "Grelmicro-Fence"
+#: The exact lease in milliseconds, when it is not a whole number of seconds
+#: (the server keeps whole seconds, rounded up).
+LEASE_MS: Final = "Grelmicro-Lease-Ms"
 _FREE_OPERATIONS: Final = ("DEL", "PURGE")
 
 #: JetStream error codes: wrong last (subject) sequence, stream in use,
@@ -67,16 +70,18 @@ _ACK_SEQ: Final = re.compile(rb'\{"stream":"[^"]*",\s*"seq":\s*(\d+)')
 class Entry:
     """A key's last entry, as read from the server."""
 
-    __slots__ = ("fence", "seq", "token", "ttl")
+    __slots__ = ("fence", "lease", "seq", "token")
 
     def __init__(
-        self, seq: int, token: str | None, ttl: int | None, fence: int
+        self, seq: int, token: str | None, lease: float | None, fence: int
     ) -> None:
         self.seq = seq
         #: The holder's token; None for a release or delete marker (free).
         self.token = token
-        #: Whole seconds the server keeps it (0: no TTL; None: never expires).
-        self.ttl = ttl
+        #: Seconds its lease lasts from its write: the exact lease when
+        #: written, else the server's TTL (0: no TTL, only the bucket's
+        #: max_age ends it; None: it never expires).
+        self.lease = lease
         #: The fencing token of the holding: the sequence of the write that
         #: took the lock (carried by extensions in a header).
         self.fence = fence
@@ -85,7 +90,7 @@ class Entry:
 class BucketConfig:
     """What the backend must know of an existing bucket's configuration."""
 
-    __slots__ = ("direct", "max_age_ns", "rollup")
+    __slots__ = ("always_lease_ms", "direct", "max_age_ns", "rollup")
 
     def __init__(self) -> None:
         self.direct = True
@@ -93,6 +98,9 @@ class BucketConfig:
         #: expires: every write then rolls the key's history up.
         self.rollup = False
         self.max_age_ns = 0
+        #: With limit markers, the server raises short TTLs to the marker
+        #: TTL: the exact lease is then always written for readers.
+        self.always_lease_ms = False
 
 
 class JetStream:
@@ -205,10 +213,14 @@ class JetStream:
             seq = int(msg.seq)  # type: ignore[arg-type]
             data = msg.data or b""
             fence = headers.get(FENCE)
+            lease: float | None = parse_ttl(headers.get(TTL))
+            lease_ms = headers.get(LEASE_MS)
+            if lease and lease_ms is not None:
+                lease = min(lease, int(lease_ms) / 1000)
             return Entry(
                 seq,
                 None if free else data.decode("utf-8", "replace"),
-                parse_ttl(headers.get(TTL)),
+                lease,
                 int(fence) if fence is not None else seq,
             )
         except nats.js.errors.NotFoundError as exc:
@@ -325,3 +337,4 @@ class JetStream:
         self.config.direct = bool(config.allow_direct)
         self.config.rollup = config.max_msgs_per_subject != 1
         self.config.max_age_ns = int((config.max_age or 0) * _NS)
+        self.config.always_lease_ms = bool(config.subject_delete_marker_ttl)

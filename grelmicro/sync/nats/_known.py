@@ -6,7 +6,6 @@ every write is a compare-and-set on the sequence remembered here.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Final
 
@@ -18,11 +17,12 @@ class Known:
     """One key: its last sequence, holder, fencing token, and end of lease.
 
     ``token`` is the holder's token, or None for a release/delete marker (a
-    free key). ``late`` (this machine's monotonic seconds) is when another
-    token's lease surely ended on the server: its TTL counted from when this
-    backend first saw that entry (``math.inf``: never expires; None: not
-    worked out). It is only an upper bound, from this machine's own clock:
-    no timestamp of the server is compared with any clock.
+    free key). ``late`` (this machine's monotonic seconds) is when the lease
+    surely ended: for another token's entry, its lease counted from when this
+    backend first received it; for this backend's own write, its lease
+    counted from before the write was sent (None: never, or not known). Only
+    this machine's own clock is used: no server timestamp is compared with
+    any clock.
     """
 
     __slots__ = ("fence", "late", "seq", "token")
@@ -65,17 +65,23 @@ class KnownKeys:
         keys[key] = Known(seq, token, fence, late)
 
     def observed(
-        self, key: str, seq: int, token: str | None, fence: int, ttl: int | None
+        self, key: str, seq: int, token: str | None, fence: int, lease: float | None
     ) -> Known:
-        """Record an entry held by another token, read now, that lives `ttl` s.
+        """Record an entry held by another token, read now, whose lease lasts
+        `lease` seconds from its write (None: forever).
 
         The end of its lease is counted from the first time this sequence
         was seen: reading it again does not push the end later.
         """
         known = self._keys.get(key)
-        if known is not None and known.seq == seq and known.late is not None:
+        if (
+            known is not None
+            and known.seq == seq
+            and known.token == token
+            and (known.late is not None or lease is None)
+        ):
             return known
-        late = math.inf if ttl is None or ttl <= 0 else time.monotonic() + ttl
+        late = None if lease is None else time.monotonic() + lease
         self.remember(key, seq, token, fence, late)
         return self._keys[key]
 

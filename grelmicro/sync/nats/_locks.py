@@ -1,11 +1,21 @@
 """The lock algorithm: take, extend and release a key by compare-and-set.
 
 A lock is one key holding its owner's token. Every write is conditioned on
-the key's last sequence and carries a per-message TTL in whole seconds: the
-server expires an abandoned lock, and it is the only judge of expiry. No
-timestamp of the server is ever compared with another clock (after a
-stream-leader change, the entry's timestamp and a later reading of "now"
-would come from different machines).
+the key's last sequence and carries a per-message TTL in whole seconds (the
+server's unit, at least one second), so the server removes an abandoned
+lock. A lease that is not a whole number of seconds is also written exactly
+(header ``Grelmicro-Lease-Ms``).
+
+**No clock but this machine's monotonic clock.** A worker that sees another
+token's entry counts its lease from the moment it *received* that entry
+(``late = seen + lease``): the entry was written before, so the lease surely
+ended by then, whichever server stamped it and whatever its clock says.
+Once ``late`` passes, the worker takes the lock over with a compare-and-set
+on the sequence it saw (a holder that extended meanwhile changed the
+sequence, so the takeover fails). A holder counts its own lease from before
+it sent the write, so it gives the lease up before any other worker can
+take it. No server timestamp is compared with any clock: a stream-leader
+change in a cluster (the next server's clock) cannot shorten a lease.
 
 The sequence of the write that took the lock is its fencing token; an
 extension carries it in the ``Grelmicro-Fence`` header, so a holder reads
@@ -19,13 +29,20 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from grelmicro.sync.abc import FencedAcquire
-from grelmicro.sync.nats._jetstream import EXPECTED, FENCE, KV_OPERATION, ROLLUP, TTL
+from grelmicro.sync.nats._jetstream import (
+    EXPECTED,
+    FENCE,
+    KV_OPERATION,
+    LEASE_MS,
+    ROLLUP,
+    TTL,
+)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
     from grelmicro.sync.nats._jetstream import Entry, JetStream
-    from grelmicro.sync.nats._known import KnownKeys
+    from grelmicro.sync.nats._known import Known, KnownKeys
 
 #: Seconds a release marker (an empty purge entry) stays in the bucket before
 #: the server removes it, so buckets with many short-lived lock names do not
@@ -34,10 +51,6 @@ MARKER_TTL_SECONDS: Final = 60
 
 #: How many compare-and-set attempts one call makes before giving up a race.
 ATTEMPTS: Final = 5
-
-#: The answer when a lease should have ended but the server has not removed
-#: the key yet (it removes expired keys within milliseconds): ask again soon.
-_ALMOST: Final = 0.01
 
 _NS: Final = 1_000_000_000
 
@@ -49,23 +62,21 @@ class Locks:
         self.js = jetstream
         self.known = known
 
-    def lease_ttl(self, entry: Entry) -> int | None:
-        """Whole seconds `entry` can live at most (None: forever)."""
-        ttl = entry.ttl
-        max_age = self.js.config.max_age_ns
-        if ttl is None:
-            return None
-        if ttl == 0:
-            return math.ceil(max_age / _NS) if max_age else None
-        return min(ttl, math.ceil(max_age / _NS)) if max_age else ttl
+    def lease_of(self, entry: Entry) -> float | None:
+        """Seconds `entry`'s lease lasts from its write (None: forever)."""
+        max_age = self.js.config.max_age_ns / _NS
+        lease = entry.lease
+        if lease is None:
+            return None  # "never": not even the bucket's max_age removes it
+        if lease <= 0:
+            return max_age or None
+        return min(lease, max_age) if max_age else lease
 
-    def _busy(self, key: str, entry: Entry) -> FencedAcquire:
-        known = self.known.observed(
-            key, entry.seq, entry.token, entry.fence, self.lease_ttl(entry)
+    def _seen(self, key: str, entry: Entry) -> Known:
+        """Record another token's entry, received now."""
+        return self.known.observed(
+            key, entry.seq, entry.token, entry.fence, self.lease_of(entry)
         )
-        assert known.late is not None
-        left = known.late - time.monotonic()
-        return FencedAcquire(None, left if left > 0 else _ALMOST)
 
     async def acquire(
         self,
@@ -75,10 +86,18 @@ class Locks:
         key: str,
         token: str,
         ttl: int,
+        lease_ms: int,
     ) -> FencedAcquire:
-        """Take or extend `key` for `ttl` seconds: one write on the common path."""
+        """Take or extend `key`: one write on the common path.
+
+        The lease is `lease_ms` milliseconds, kept `ttl` whole seconds on the
+        server.
+        """
+        sent = time.monotonic()
         payload = token.encode()
-        ttl_header = str(ttl)
+        base = {TTL: str(ttl)}
+        if lease_ms != ttl * 1000 or self.js.config.always_lease_ms:
+            base[LEASE_MS] = str(lease_ms)
         known = self.known.get(key)
         # The fencing token to carry when extending a holding without a gap.
         fence: int | None = None
@@ -87,19 +106,21 @@ class Locks:
         elif known.token is None:
             expected = known.seq  # free marker: re-take it
         elif known.token == token:
-            expected, fence = known.seq, known.fence  # ours: extend it
-        elif known.late is not None and time.monotonic() >= known.late:
-            expected = 0  # another token's lease ended: the key is gone
+            expected = known.seq  # ours: extend it, unless it lapsed
+            if known.late is None or sent < known.late:
+                fence = known.fence
+        elif known.late is not None and sent >= known.late:
+            expected = known.seq  # another token's lease surely ended
         else:
             expected = 0  # held: the answer tells us whether it still is
         for _ in range(ATTEMPTS):
-            headers = {EXPECTED: str(expected), TTL: ttl_header}
+            headers = {EXPECTED: str(expected), **base}
             if fence is not None:
                 headers[FENCE] = str(fence)
             seq, last = await self.js.put(nc, key, payload, headers, operation, name)
             if seq:
                 fence = seq if fence is None else fence
-                self.known.remember(key, seq, token, fence)
+                self.known.remember(key, seq, token, fence, sent + lease_ms / 1000)
                 return FencedAcquire(fence, 0.0)
             fence = None
             if last == 0:
@@ -110,22 +131,33 @@ class Locks:
                 if known.token is None:
                     expected = last
                     continue
-                if known.token == token:
-                    expected, fence = last, known.fence
-                    continue
-                if known.late is not None:
+                if known.token != token and known.late is not None:
                     left = known.late - time.monotonic()
-                    return FencedAcquire(None, left if left > 0 else _ALMOST)
+                    if left > 0:
+                        return FencedAcquire(None, left)
+                    expected = last  # its lease ended: take it over
+                    continue
             entry = await self.js.read(nc, key, operation, name)
             if entry is None:
                 expected = 0
                 continue
-            if entry.token is None or entry.token == token:
-                self.known.remember(key, entry.seq, entry.token, entry.fence)
-                expected = entry.seq
-                fence = entry.fence if entry.token == token else None
+            expected = entry.seq
+            if entry.token is None:
+                self.known.remember(key, entry.seq, None, entry.fence)
                 continue
-            return self._busy(key, entry)
+            if entry.token == token:
+                # Ours (an answer that was lost, or another backend object
+                # with the same token): extend it, with its fencing token.
+                self.known.remember(key, entry.seq, token, entry.fence)
+                fence = entry.fence
+                continue
+            seen = self._seen(key, entry)
+            if seen.late is not None:
+                left = seen.late - time.monotonic()
+                if left > 0:
+                    return FencedAcquire(None, left)
+                continue  # its lease ended: take it over
+            return FencedAcquire(None, math.inf)
         # Lost every race: other workers keep changing the key.
         return FencedAcquire(None, 1e-6)
 
@@ -141,9 +173,11 @@ class Locks:
                 if entry is None:
                     self.known.forget(key)
                     return False
-                self.known.remember(key, entry.seq, entry.token, entry.fence)
                 if entry.token != token:
+                    if entry.token is not None:
+                        self._seen(key, entry)
                     return False
+                self.known.remember(key, entry.seq, token, entry.fence)
                 expected = entry.seq
             headers = {
                 KV_OPERATION: "PURGE",
@@ -164,9 +198,18 @@ class Locks:
     async def holder(
         self, nc: Client, operation: str, name: str, key: str
     ) -> str | None:
-        """The token holding `key`, None when free (the server removes expired keys)."""
+        """The token holding `key`; None when free.
+
+        A lease this backend saw end (by its own clock, see the module
+        documentation) is free even before the server removes the key.
+        """
         entry = await self.js.read(nc, key, operation, name)
         if entry is None or entry.token is None:
+            return None
+        known = self.known.get(key)
+        if known is None or known.seq != entry.seq or known.token != entry.token:
+            known = self._seen(key, entry)
+        if known.late is not None and time.monotonic() >= known.late:
             return None
         return entry.token
 
@@ -175,4 +218,9 @@ class Locks:
         entry = await self.js.read(nc, key, operation, name)
         if entry is None or entry.token is None:
             return 0.0
-        return self._busy(key, entry).remaining
+        known = self.known.get(key)
+        if known is None or known.seq != entry.seq or known.token != entry.token:
+            known = self._seen(key, entry)
+        if known.late is None:
+            return math.inf
+        return max(0.0, known.late - time.monotonic())

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Final, Self
@@ -64,9 +65,9 @@ class NatsSyncBackend(RegisteredBackend):
     it is when it allows per-message TTL and rollups; otherwise a
     `NatsSyncBackendBucketError` says what to change.
 
-    Leases are whole seconds on the server, and the server alone expires
-    them: a lease is rounded up to whole seconds, with a floor of one second
-    (see the package documentation). Every NATS error is raised as a
+    Leases are whole seconds on the server (rounded up, at least one
+    second); a fractional lease is honoured by the other workers, counted on
+    their own clock (see the package documentation). Every NATS error is raised as a
     `NatsSyncBackendError` (a `SyncBackendError`) naming the operation and
     the lock name; each request gives up after `request_timeout` seconds.
 
@@ -301,9 +302,9 @@ class NatsSyncBackend(RegisteredBackend):
         """Like `acquire`: 0.0 when acquired or extended.
 
         Otherwise at most how long the holder's lease lasts (> 0; `math.inf`
-        when the holder's entry never expires): the holder's TTL counted on
-        this machine's monotonic clock from when this backend first saw the
-        holder's write, so it is never shorter than the truth.
+        when the holder's entry never expires): the holder's lease counted on
+        this machine's monotonic clock from when this backend first received
+        the holder's write, so it is never shorter than the truth.
         """
         answer = await self._acquire("acquire_or_remaining", name, token, duration)
         return answer.remaining
@@ -313,9 +314,10 @@ class NatsSyncBackend(RegisteredBackend):
     ) -> FencedAcquire:
         key = self._key(name)
         ttl = ttl_seconds_checked(duration)
+        lease_ms = max(1, math.ceil(round(duration * 1000, 3)))
         nc = await self._connection.client(operation, name)
         self._check_lease(ttl, operation, name)
-        return await self._locks.acquire(nc, operation, name, key, token, ttl)
+        return await self._locks.acquire(nc, operation, name, key, token, ttl, lease_ms)
 
     async def release(
         self,
@@ -333,7 +335,7 @@ class NatsSyncBackend(RegisteredBackend):
         return await self._locks.release(nc, "release", name, key, token)
 
     async def locked(self, *, name: Annotated[str, Doc("The lock key.")]) -> bool:
-        """Whether any token holds the lock (the server removes expired leases)."""
+        """Whether any token holds the lock (a lease seen to end is free)."""
         key = self._key(name)
         nc = await self._connection.client("locked", name)
         return await self._locks.holder(nc, "locked", name, key) is not None
@@ -355,8 +357,8 @@ class NatsSyncBackend(RegisteredBackend):
         """Return once the lock is seen free: released, deleted, or its lease ran out.
 
         A release is seen at once (a plain subscription to the key's subject);
-        an expiry at the latest when the holder's TTL, counted from when this
-        backend first saw its write, has run out. It may return early
+        an expiry when the holder's lease, counted from when this backend
+        first received its write, has run out. It may return early
         (callers check again by acquiring).
         """
         key = self._key(name)

@@ -1,0 +1,209 @@
+"""Cron tasks: argument checks, errors and the (injectable) wall clock."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import tzinfo
+from typing import Any, Protocol
+
+import anyio
+
+from grelmicro import _metrics
+from grelmicro._validate import SettingsValidationError, non_empty_str, number
+from grelmicro.sync._primitive import check_backend, worker_id
+from grelmicro.sync.errors import SyncBackendError
+from grelmicro.sync.lock import Lock
+from grelmicro.task._cron_schedule import CronSchedule, to_datetime
+from grelmicro.task.errors import TaskError
+
+#: Longest single sleep while waiting for a fire: the wall clock is read again
+#: at least this often, so a clock step (NTP) is followed.
+MAX_SLEEP = 30.0
+#: Minimum seconds between two ERROR logs of the same task's backend errors.
+SYNC_ERROR_LOG_INTERVAL = 30.0
+
+#: At most this many missed fires are counted (the WARNING says "at least").
+MISSED_COUNT_LIMIT = 100_000
+
+logger = logging.getLogger("grelmicro.task")
+
+
+def report_missed(
+    name: str,
+    missed: int,
+    *,
+    capped: bool,
+    after: float,
+    due: float,
+    grace: float | None,
+) -> None:
+    """Count `missed` fires and log them in one WARNING.
+
+    `grace` is set when the latest missed fire (`due`) was too old to run.
+    """
+    for _ in range(missed):
+        _metrics.count_outcome(name, "missed")
+    latest = to_datetime(due).isoformat()
+    if grace is None:
+        detail = f"running the latest one, due {latest}"
+    else:
+        detail = (
+            f"the latest one, due {latest}, is older than "
+            f"misfire_grace_seconds={grace!r}"
+        )
+    logger.warning(
+        "Cron task missed %s%d fire(s) while no worker was up: %s "
+        "(after the fire of %s; %s)",
+        "at least " if capped else "",
+        missed,
+        name,
+        to_datetime(after).isoformat(),
+        detail,
+    )
+
+
+class CronBackendError(SyncBackendError):
+    """A backend call of a cron task failed (the message names the task's key)."""
+
+    def __init__(self, *, key: str, operation: str) -> None:
+        super().__init__(f"Cron fire claim failed: key={key!r}, {operation}")
+
+
+class FireClaimUnsupportedError(TaskError, TypeError):
+    """The backend of a coordinated cron task cannot claim fires."""
+
+    def __init__(self, *, name: str, backend: object) -> None:
+        super().__init__(
+            f"Cron task {name!r} needs a backend that can claim fires "
+            f"(grelmicro.sync.abc.FireClaimBackend), got {backend!r}: use "
+            "MemorySyncBackend, RedisSyncBackend or NatsSyncBackend, or "
+            "cron(..., local=True) to run every fire on every worker"
+        )
+
+
+class Clock(Protocol):
+    """The wall clock a cron task reads (injectable for tests)."""
+
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+        ...
+
+    async def sleep_until(self, instant: float) -> None:
+        """Return once `now()` is at or past `instant`."""
+        ...
+
+
+class WallClock:
+    """The system's wall clock (`time.time`)."""
+
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+        return time.time()
+
+    async def sleep_until(self, instant: float) -> None:
+        """Sleep until the wall clock reaches `instant` (re-read every 30 s)."""
+        while (remaining := instant - time.time()) > 0:  # noqa: ASYNC110
+            await anyio.sleep(min(remaining, MAX_SLEEP))
+
+
+def check_cron_args(
+    expression: Any,
+    *,
+    name: Any,
+    timezone: Any,
+    local: Any,
+    misfire_grace_seconds: Any,
+    at_least_once: Any,
+    lease_seconds: Any,
+    sync: Any,
+    backend: Any,
+    worker: Any,
+    cancel_on_loss: Any,
+) -> tuple[CronSchedule, float | None, float, str | None]:
+    """Validate the arguments of `cron()`: (schedule, grace, lease, worker).
+
+    Every problem is a `SettingsValidationError` naming the parameter.
+    """
+    schedule = CronSchedule(expression, _timezone_arg(timezone))
+    if name is not None:
+        non_empty_str("name", name)
+    for flag, value in (
+        ("local", local),
+        ("at_least_once", at_least_once),
+        ("cancel_on_loss", cancel_on_loss),
+    ):
+        if not isinstance(value, bool):
+            msg = f"{flag} must be a bool, got {value!r}"
+            raise SettingsValidationError(msg)
+    grace = (
+        None
+        if misfire_grace_seconds is None
+        else number("misfire_grace_seconds", misfire_grace_seconds)
+    )
+    lease = number("lease_seconds", lease_seconds)
+    if sync is not None and not isinstance(sync, Lock):
+        msg = f"sync must be a grelmicro.sync.Lock (a resource lock), got {sync!r}"
+        raise SettingsValidationError(msg)
+    check_backend(backend)
+    if local and at_least_once:
+        msg = (
+            "at_least_once=True needs a coordinated task: it cannot be combined "
+            "with local=True (every worker runs every fire)"
+        )
+        raise SettingsValidationError(msg)
+    if local and backend is not None:
+        msg = "backend= is unused with local=True (no backend is used): drop one"
+        raise SettingsValidationError(msg)
+    worker_name = None if worker is None else worker_id(worker)
+    return schedule, grace, lease, worker_name
+
+
+def _timezone_arg(timezone: Any) -> str | tzinfo:
+    if isinstance(timezone, str | tzinfo):
+        return timezone
+    msg = (
+        "timezone must be an IANA time zone name (such as 'Europe/Zurich') or "
+        f"a tzinfo, got {timezone!r}"
+    )
+    raise SettingsValidationError(msg)
+
+
+class SyncErrorLog:
+    """Logs a task's backend errors at ERROR, at most once per 30 s."""
+
+    _name: str
+    _last_sync_error_log = -float("inf")
+    _sync_errors_suppressed = 0
+
+    def _log_sync_error(self, exc: SyncBackendError) -> None:
+        now = time.monotonic()
+        if now - self._last_sync_error_log >= SYNC_ERROR_LOG_INTERVAL:
+            suppressed = self._sync_errors_suppressed
+            extra = f" ({suppressed} similar errors not logged)" if suppressed else ""
+            logger.error(
+                "Task synchronization error: %s%s", self._name, extra, exc_info=exc
+            )
+            self._last_sync_error_log = now
+            self._sync_errors_suppressed = 0
+        else:
+            self._sync_errors_suppressed += 1
+            logger.debug("Task synchronization error: %s: %r", self._name, exc)
+
+    def _sync_recovered(self) -> None:
+        if self._last_sync_error_log != -float("inf"):
+            logger.info("Task synchronization recovered: %s", self._name)
+            self._last_sync_error_log = -float("inf")
+            self._sync_errors_suppressed = 0
+
+
+__all__ = [
+    "MISSED_COUNT_LIMIT",
+    "Clock",
+    "CronBackendError",
+    "FireClaimUnsupportedError",
+    "SyncErrorLog",
+    "WallClock",
+    "check_cron_args",
+    "report_missed",
+]
