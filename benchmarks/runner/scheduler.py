@@ -27,19 +27,19 @@ CRON_TARGETS = [
     Target(
         "cron-sleep-loop",
         "project",
-        "floor: one asyncio sleep loop per job, to the next whole second",
+        "floor: cron, one sleep loop per job to the next second",
         "floor",
     ),
     Target(
         "grelmicro-cron",
         "project",
-        'grelmicro TaskManager, cron("* * * * * *", local=True)',
+        'grelmicro cron("* * * * * *", local=True)',
         "project",
     ),
     Target(
         "apscheduler-cron",
         "apscheduler",
-        "APScheduler 3.11 AsyncIOScheduler, CronTrigger(second='*')",
+        "APScheduler 3.11 CronTrigger(second='*')",
         "peer",
     ),
 ]
