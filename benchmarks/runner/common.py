@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,6 @@ class Context:
     redis: Any = None  # tests.servers.RedisServer
     nats: Any = None  # tests.servers.NatsServer
     baseline: str | None = None  # short commit measured beside this one
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def env_of(self, target: Target) -> Env | None:
         """The target's ready environment, or None (see `env_status`)."""

@@ -210,7 +210,10 @@ def baseline_env(commit: str, project: Env) -> Env:
         return Env("baseline", None, error=f"git archive {short}: {reason}")
     target = Path(tempfile.mkdtemp(prefix=f"bench-base-{short}-"))
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(target, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+            tar.extractall(target, filter="data")
+        else:
+            tar.extractall(target)  # our own repository's archive
     return Env(
         "baseline",
         project.python,
