@@ -29,7 +29,8 @@ class Settings:
     """How long and how often each benchmark runs."""
 
     lock_rounds: int = 5
-    lock_seconds: float = 1.0
+    lock_seconds: float = 1.0  # per target, table and round, split in slices
+    lock_slices: int = 5
     lock_concurrency: int = 8
     scheduler_rounds: int = 2
     scheduler_jobs: tuple[int, ...] = (1_000, 10_000)
@@ -64,6 +65,7 @@ FULL = Settings()
 SMOKE = Settings(
     lock_rounds=1,
     lock_seconds=0.1,
+    lock_slices=1,
     scheduler_rounds=1,
     scheduler_jobs=(50,),
     scheduler_seconds=1.5,

@@ -129,26 +129,14 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             log(f"lock: round {round_index + 1}/{s.lock_rounds}")
             for kind, listed in by_kind.items():
                 for mode, concurrency in modes:
+                    slices = _round(
+                        s, listed, workers, status, mode=mode, concurrency=concurrency
+                    )
                     bucket = rounds.setdefault((kind, mode), {})
-                    for target in listed:
-                        worker = workers.get(target.id)
-                        if worker is None:
-                            continue
-                        result = worker.ask(
-                            {
-                                "mode": mode,
-                                "seconds": s.lock_seconds,
-                                "concurrency": concurrency,
-                            }
+                    for target_id, parts in slices.items():
+                        bucket.setdefault(target_id, []).append(
+                            _merge(parts) | {"round": round_index}
                         )
-                        if "error" in result:
-                            status[target.id] = f"failed: {result['error']}"
-                            log(f"lock: {target.id}: {status[target.id]}")
-                            worker.stop()
-                            del workers[target.id]
-                            continue
-                        result["round"] = round_index
-                        bucket.setdefault(target.id, []).append(result)
     finally:
         for worker in workers.values():
             worker.stop()
@@ -187,6 +175,60 @@ def run(ctx: Context) -> list[dict[str, Any]]:
                 }
             )
     return benchmarks
+
+
+def _round(
+    s: Any,
+    listed: list[Target],
+    workers: dict[str, Worker],
+    status: dict[str, str],
+    *,
+    mode: str,
+    concurrency: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """One round of one table: `lock_slices` slices of every target in turn
+    (A B C, A B C, ...), so that a slow moment of a shared machine falls on
+    every target alike, even on one measured next to its baseline."""
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(s.lock_slices):
+        for target in listed:
+            worker = workers.get(target.id)
+            if worker is None:
+                continue
+            result = worker.ask(
+                {
+                    "mode": mode,
+                    "seconds": s.lock_seconds / s.lock_slices,
+                    "concurrency": concurrency,
+                }
+            )
+            if "error" in result:
+                status[target.id] = f"failed: {result['error']}"
+                log(f"lock: {target.id}: {status[target.id]}")
+                worker.stop()
+                del workers[target.id]
+                parts.pop(target.id, None)
+                continue
+            parts.setdefault(target.id, []).append(result)
+    return parts
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A round's result from its slices: cycles over time; latencies, the
+    median of the slices' percentiles."""
+    cycles = sum(p["cycles"] for p in parts)
+    elapsed = sum(p["elapsed"] for p in parts)
+    merged: dict[str, Any] = {
+        "cycles": cycles,
+        "elapsed": elapsed,
+        "ops": cycles / elapsed,
+        "slices": len(parts),
+    }
+    for key in ("p50_ms", "p99_ms"):
+        values = [p[key] for p in parts if key in p]
+        if values:
+            merged[key] = statistics.median(values)
+    return merged
 
 
 def _baseline_ratios(
