@@ -1,7 +1,7 @@
 """Draw the benchmark results as one PNG.
 
 Runs in the tools environment (``benchmarks/.venvs/tools``, matplotlib), never
-in the project's: ``python _plot.py results.json out.png``.
+in the project's: ``python runner/plot.py results.json out.png``.
 """
 
 from __future__ import annotations
