@@ -92,7 +92,8 @@ def parse_args() -> argparse.Namespace:
         "--out",
         type=Path,
         help="JSON output (default: benchmarks/results/latest.json for a full run, "
-        "a temporary directory for --smoke, --only, --no-peers or --baseline)",
+        "with or without --baseline; a temporary directory for --smoke, --only "
+        "or --no-peers)",
     )
     parser.add_argument(
         "--png",
@@ -170,7 +171,7 @@ def main() -> int:
     if args.rounds:
         settings = settings.with_rounds(args.rounds)
     selected = [name for name in BENCHMARKS if not args.only or name in args.only]
-    partial = bool(args.only or args.no_peers or args.baseline)
+    partial = bool(args.only or args.no_peers)
     # Only a full run of everything replaces the published results; any other
     # run goes to a temporary directory unless --out says otherwise.
     if args.out is None:
