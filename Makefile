@@ -31,8 +31,9 @@ typecheck: install
 
 check: lint typecheck test
 
+# BASELINE=<commit>: also measure the lock cycle of that commit (now / then).
 bench: install servers
-	@$(VENV_PY) benchmarks/run.py
+	@$(VENV_PY) benchmarks/run.py $(if $(BASELINE),--baseline $(BASELINE))
 
 bench-smoke: install servers
 	@$(VENV_PY) benchmarks/run.py --smoke

@@ -1,4 +1,7 @@
-"""Scheduler overhead worker: N local interval jobs every second, in one process.
+"""Scheduler overhead worker: N local jobs every second, in one process.
+
+Interval targets run N jobs every 1 s; cron targets run N jobs on the
+six-field schedule ``* * * * * *`` (every whole second).
 
 Started by ``run.py`` once per target and round, in a fresh process (in the
 target's own virtual environment). It prints one JSON object:
@@ -13,11 +16,17 @@ target's own virtual environment). It prints one JSON object:
 - ``late_p50_ms`` / ``late_p99_ms`` / ``late_max_ms``: how late each run
   started compared with what the scheduler promises (for interval-after-end
   schedulers: the previous run + 1 s; for APScheduler's fixed-rate interval
-  trigger: its own schedule), over the runs inside the window (each job's
-  first run excluded);
+  trigger: its own schedule; for cron targets: the fire time, from
+  ``current_run().scheduled_at`` for grelmicro, else the whole second just
+  passed), over the runs inside the window (each interval job's first run
+  excluded);
 - ``runs_per_job_s``: runs per job per second inside the window.
 
 Every job is an ``async def`` that only records its start time.
+
+A scheduler that saturates the process may never get back to the event loop
+to report: a watchdog thread then opens the window at the start-up cap and
+reports what it measured, with ``stalled: true``.
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ import argparse
 import asyncio
 import heapq
 import json
+import math
 import os
 import resource
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Awaitable, Callable
@@ -68,6 +79,34 @@ class Recorder:
         job.__qualname__ = job.__name__ = f"job_{index}"
         return job
 
+    def cron_job(
+        self, index: int, due: Callable[[], float] | None = None
+    ) -> Callable[[], Awaitable[None]]:
+        """A job due at every whole second of the wall clock.
+
+        `due` gives the fire time of the current run when the scheduler tells
+        it; else it is the whole second just passed (a run more than 0.99 s
+        late is then mistaken for one a hair early).
+        """
+        late = self.late
+        wall = time.time
+        mono = time.monotonic
+
+        async def job() -> None:
+            now = wall()
+            if due is not None:
+                delay = now - due()
+            else:
+                delay = now - math.floor(now)
+                if delay > 0.99:  # a hair early for the next second
+                    delay -= 1.0
+            if self.window_start <= mono() < self.window_end:
+                late.append(delay)
+                self.runs += 1
+
+        job.__qualname__ = job.__name__ = f"cron_{index}"
+        return job
+
 
 async def run_sleep_loop(rec: Recorder, jobs: int) -> None:
     async def loop(job: Callable[[], Awaitable[None]]) -> None:
@@ -97,6 +136,42 @@ async def run_heap_loop(rec: Recorder, jobs: int) -> None:
             await asyncio.sleep(heap[0][0] - clock())
 
     rec.keep = asyncio.create_task(timer())  # type: ignore[attr-defined]
+
+
+async def run_cron_sleep_loop(rec: Recorder, jobs: int) -> None:
+    async def loop(job: Callable[[], Awaitable[None]]) -> None:
+        last = 0.0
+        while True:
+            due = max(math.floor(time.time()) + 1.0, last + 1.0)
+            await asyncio.sleep(due - time.time())
+            last = due
+            await job()
+
+    tasks = [asyncio.create_task(loop(rec.cron_job(i))) for i in range(jobs)]
+    rec.keep = tasks  # type: ignore[attr-defined]
+
+
+async def run_apscheduler_cron(rec: Recorder, jobs: int) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    scheduler = AsyncIOScheduler()
+    for i in range(jobs):
+        scheduler.add_job(rec.cron_job(i), "cron", second="*", id=str(i))
+    scheduler.start()
+    rec.keep = scheduler  # type: ignore[attr-defined]
+
+
+async def run_grelmicro_cron(rec: Recorder, jobs: int) -> None:
+    from grelmicro.task import TaskManager, current_run
+
+    def due() -> float:
+        return current_run().scheduled_at.timestamp()
+
+    manager = TaskManager()
+    for i in range(jobs):
+        manager.cron("* * * * * *", name=f"cron-{i}", local=True)(rec.cron_job(i, due))
+    await manager.__aenter__()
+    rec.keep = manager  # type: ignore[attr-defined]
 
 
 async def run_apscheduler(rec: Recorder, jobs: int) -> None:
@@ -143,6 +218,9 @@ TARGETS: dict[str, tuple[str, Callable[[Recorder, int], Awaitable[None]]]] = {
     "apscheduler": ("apscheduler.schedulers.asyncio", run_apscheduler),
     "grelmicro060": ("grelmicro.task", run_grelmicro),
     "grelmicro": ("grelmicro.task", run_grelmicro),
+    "cron-sleep-loop": ("asyncio", run_cron_sleep_loop),
+    "apscheduler-cron": ("apscheduler.schedulers.asyncio", run_apscheduler_cron),
+    "grelmicro-cron": ("grelmicro.task", run_grelmicro_cron),
 }
 
 
@@ -163,9 +241,13 @@ def _where(path: str | None) -> str | None:
 def _version(target: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
-    package = {"apscheduler": "apscheduler", "grelmicro060": "grelmicro"}.get(
-        target, "grelmicro" if target == "grelmicro" else None
-    )
+    package = {
+        "apscheduler": "apscheduler",
+        "apscheduler-cron": "apscheduler",
+        "grelmicro060": "grelmicro",
+        "grelmicro": "grelmicro",
+        "grelmicro-cron": "grelmicro",
+    }.get(target)
     if package is None:
         return sys.version.split()[0]
     try:
@@ -192,14 +274,79 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def main(args: argparse.Namespace) -> dict[str, Any]:
+class Report:
+    """Prints the one JSON result, from the event loop or, if the loop is too
+    saturated to get there, from the watchdog thread; then exits."""
+
+    def __init__(self, args: argparse.Namespace, rec: Recorder) -> None:
+        self.args = args
+        self.rec = rec
+        self.base: dict[str, Any] = {"target": args.target, "jobs": args.jobs}
+        self._lock = threading.Lock()
+
+    def figures(self, cpu: float, wall: float) -> dict[str, Any]:
+        late = sorted(self.rec.late)
+
+        def pick(q: float) -> float:
+            if not late:
+                return float("nan")
+            return 1000 * late[min(len(late) - 1, int(len(late) * q))]
+
+        return {
+            "cpu_per_s": cpu / wall,
+            "peak_rss_mib": peak_rss_mib(),
+            "late_p50_ms": pick(0.50),
+            "late_p99_ms": pick(0.99),
+            "late_max_ms": 1000 * late[-1] if late else float("nan"),
+            "runs_per_job_s": self.rec.runs / self.args.jobs / wall,
+        }
+
+    def emit(self, result: dict[str, Any]) -> None:
+        with self._lock:  # never released: the first report ends the process
+            sys.stdout.write(json.dumps(self.base | result) + "\n")
+            sys.stdout.flush()
+            # Tearing down thousands of jobs is not part of the measurement.
+            os._exit(0)
+
+    def watchdog(self, started: float) -> None:
+        """If the loop has not opened the window by the start-up cap, open it
+        here; if it has not reported by the window's end plus a grace, report
+        what is known (``stalled``: the loop could not keep up)."""
+        time.sleep(max(0.0, started + STARTUP_CAP + 1.0 - time.perf_counter()))
+        rec, seconds = self.rec, self.args.seconds
+        if rec.window_start == float("inf"):
+            rec.window_start = time.monotonic()
+            rec.window_end = rec.window_start + seconds
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        remaining = rec.window_end - time.monotonic()
+        time.sleep(remaining if remaining > 1.0 else seconds)
+        cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+        time.sleep(10.0)  # the loop's own report, if it is only late
+        self.emit(
+            {
+                "startup_s": STARTUP_CAP,
+                "startup_idle": False,
+                "stalled": True,
+                **self.figures(cpu, wall),
+            }
+        )
+
+
+async def main(args: argparse.Namespace) -> None:
     module, start = TARGETS[args.target]
     started = time.perf_counter()
     imported = __import__(module, fromlist=["_"])
     import_s = time.perf_counter() - started
     rec = Recorder(args.jobs)
+    report = Report(args, rec)
+    report.base |= {
+        "version": _version(args.target),
+        "library": _where(getattr(imported, "__file__", None)),
+        "import_s": import_s,
+    }
 
     started = time.perf_counter()
+    threading.Thread(target=report.watchdog, args=(started,), daemon=True).start()
     await start(rec, args.jobs)
     # Start-up ends when the event loop first goes idle: everything the start
     # set off (including the first runs that are due at once) is done.
@@ -212,37 +359,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             break
     startup_s = probe - started
 
-    rec.window_start = time.monotonic()
-    rec.window_end = rec.window_start + args.seconds
+    if rec.window_start == float("inf"):
+        rec.window_start = time.monotonic()
+        rec.window_end = rec.window_start + args.seconds
     cpu0 = cpu_seconds()
     wall0 = time.perf_counter()
-    await asyncio.sleep(args.seconds)
+    await asyncio.sleep(max(0.0, rec.window_end - time.monotonic()))
     cpu = cpu_seconds() - cpu0
     wall = time.perf_counter() - wall0
-    late = sorted(rec.late)
-
-    def pick(q: float) -> float:
-        return (
-            1000 * late[min(len(late) - 1, int(len(late) * q))]
-            if late
-            else float("nan")
-        )
-
-    return {
-        "target": args.target,
-        "jobs": args.jobs,
-        "version": _version(args.target),
-        "library": _where(getattr(imported, "__file__", None)),
-        "import_s": import_s,
-        "startup_s": startup_s,
-        "startup_idle": idle,
-        "cpu_per_s": cpu / wall,
-        "peak_rss_mib": peak_rss_mib(),
-        "late_p50_ms": pick(0.50),
-        "late_p99_ms": pick(0.99),
-        "late_max_ms": 1000 * late[-1] if late else float("nan"),
-        "runs_per_job_s": rec.runs / args.jobs / wall,
-    }
+    report.emit(
+        {"startup_s": startup_s, "startup_idle": idle, **report.figures(cpu, wall)}
+    )
 
 
 if __name__ == "__main__":
@@ -250,10 +377,4 @@ if __name__ == "__main__":
     parser.add_argument("--target", required=True, choices=sorted(TARGETS))
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20.0)
-    args = parser.parse_args()
-    loop = asyncio.new_event_loop()
-    result = loop.run_until_complete(main(args))
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
-    # Tearing down thousands of jobs is not part of the measurement.
-    os._exit(0)
+    asyncio.new_event_loop().run_until_complete(main(parser.parse_args()))

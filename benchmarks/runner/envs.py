@@ -11,16 +11,19 @@ run reuses them.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
+BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 VENVS = BENCH_DIR / ".venvs"
 MARKER = ".bench-env.json"
@@ -46,6 +49,9 @@ class Env:
     python: Path | None
     error: str | None = None
     packages: dict[str, str] = field(default_factory=dict)
+    #: Imported before the environment's own packages (``PYTHONPATH``): the
+    #: project's source snapshot, or a baseline commit's ``grelmicro``.
+    pythonpath: Path | None = None
 
 
 def _uv() -> str:
@@ -61,23 +67,18 @@ def clean_env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if k not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}
+        and not k.startswith("OTEL_")  # no OpenTelemetry set-up leaking in
     }
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-#: A copy of the project's source taken when the run starts (see `run.py`):
-#: processes in the project's environment import it first, so a commit that
-#: lands during the run does not change what is measured halfway.
-PROJECT_SOURCE: Path | None = None
-
-
-def child_env(python: str | os.PathLike[str]) -> dict[str, str]:
-    """`clean_env()`, plus the source snapshot for the project's own Python."""
-    env = clean_env()
-    if PROJECT_SOURCE is not None and Path(python) == REPO / ".venv" / "bin" / "python":
-        env["PYTHONPATH"] = str(PROJECT_SOURCE)
-    return env
+def child_env(env: Env | None) -> dict[str, str]:
+    """`clean_env()`, plus the environment's source path (`Env.pythonpath`)."""
+    variables = clean_env()
+    if env is not None and env.pythonpath is not None:
+        variables["PYTHONPATH"] = str(env.pythonpath)
+    return variables
 
 
 def _freeze(python: Path) -> dict[str, str]:
@@ -167,3 +168,55 @@ def ensure_envs(names: list[str], base_python: Path) -> dict[str, Env]:
     with ThreadPoolExecutor(max_workers=4) as pool:
         envs = list(pool.map(lambda n: ensure_env(n, base_python), names))
     return {env.name: env for env in envs}
+
+
+def snapshot_source() -> Path:
+    """A copy of the project's package as it is now (committed or not).
+
+    Processes in the project's environment import it first, so a commit that
+    lands during the run does not change what is measured halfway.
+    """
+    target = Path(tempfile.mkdtemp(prefix="bench-src-"))
+    shutil.copytree(
+        REPO / "grelmicro",
+        target / "grelmicro",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return target
+
+
+def baseline_env(commit: str, project: Env) -> Env:
+    """The project's environment running the ``grelmicro`` of an earlier commit.
+
+    The package is extracted with ``git archive`` into a temporary directory
+    put first on ``PYTHONPATH``: same interpreter and dependencies, other code.
+    """
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", f"{commit}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return Env("baseline", None, error=f"unknown commit {commit!r}")
+    short = done.stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", short, "grelmicro"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        reason = archive.stderr.decode(errors="replace").strip()
+        return Env("baseline", None, error=f"git archive {short}: {reason}")
+    target = Path(tempfile.mkdtemp(prefix=f"bench-base-{short}-"))
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+            tar.extractall(target, filter="data")
+        else:
+            tar.extractall(target)  # our own repository's archive
+    return Env(
+        "baseline",
+        project.python,
+        packages={**project.packages, "grelmicro": f"commit {short}"},
+        pythonpath=target,
+    )

@@ -1,4 +1,4 @@
-"""Markdown tables from the benchmark results (standard library only)."""
+"""Markdown tables, one per benchmark, and the formatting they share."""
 
 from __future__ import annotations
 
@@ -56,111 +56,6 @@ def _met(value: Any, limit: float, below: bool) -> str:
     return "yes" if (value <= limit if below else value >= limit) else "**no**"
 
 
-def _summary(output: dict[str, Any]) -> list[str]:
-    lines = [
-        "| Benchmark | Floor | Best peer | This project | Target | Met |",
-        "|---|---|---|---|---|---|",
-    ]
-    for kind, label, goal in (("redis", "Redis", 1.0), ("nats", "NATS", 0.9)):
-        for mode, mode_label in (("seq", "sequential"), ("conc", "8 coroutines")):
-            bench = _bench(output, f"lock-{kind}-{mode}")
-            if bench is None:
-                continue
-            floor = _row(bench, bench["floor"])
-            peers = [r for r in bench["rows"] if r["role"] == "peer" and r.get("ratio")]
-            best = max(peers, key=lambda r: r["ratio"], default=None)
-            backend = _row(bench, f"{kind}-grelmicro-backend")
-            lock = _row(bench, f"{kind}-grelmicro-lock")
-            lines.append(
-                f"| {label} lock cycle, {mode_label} | {_n(floor.get('ops'))}/s | "
-                + (f"{best['label']} {_x(best['ratio'])}" if best else "—")
-                + f" | backend {_x(backend.get('ratio'))}, Lock {_x(lock.get('ratio'))} | "
-                f">= {goal:.1f}x floor | backend {_met(backend.get('ratio'), goal, below=False)}, "
-                f"Lock {_met(lock.get('ratio'), goal, below=False)} |"
-            )
-    scheds = [b for b in output["benchmarks"] if b["name"].startswith("scheduler-")]
-    if scheds:
-        bench = max(scheds, key=lambda b: b["jobs"])
-        jobs = f"{bench['jobs']:,} local tasks"
-        sleep, heap, ours = (
-            _row(bench, t) for t in ("sleep-loop", "heap-loop", "grelmicro")
-        )
-        peers = [
-            r
-            for r in bench["rows"]
-            if r["role"] == "peer" and _ok(r) and "cpu_per_s" in r
-        ]
-
-        def peer_list(metric: str, digits: int, unit: str) -> str:
-            ranked = sorted(peers, key=lambda r: r[metric])
-            parts = []
-            for r in ranked:
-                value = f"{_n(r[metric], digits)}{unit}"
-                if metric == "startup_s" and not r.get("startup_idle", True):
-                    value = f">= {value}"
-                part = f"{r['label']} {value}"
-                if r.get("runs_per_job_s", 1) < 0.9:
-                    part += f" (ran {r['runs_per_job_s']:.0%} of the ticks)"
-                parts.append(part)
-            return ", ".join(parts) or "—"
-
-        lines.append(
-            f"| {jobs}, CPU s per s | {_n(sleep.get('cpu_per_s'), 3)} (sleep loop), "
-            f"{_n(heap.get('cpu_per_s'), 3)} (heap loop) | {peer_list('cpu_per_s', 3, '')} | "
-            f"{_n(ours.get('cpu_per_s'), 3)} ({_x(ours.get('cpu_ratio'))} sleep loop) | "
-            f"<= sleep-loop floor | {_met(ours.get('cpu_ratio'), 1.0, below=True)} |"
-        )
-        lines.append(
-            f"| {jobs}, peak RSS | {_n(sleep.get('peak_rss_mib'), 1)} MiB (sleep loop) | "
-            f"{peer_list('peak_rss_mib', 1, ' MiB')} | {_n(ours.get('peak_rss_mib'), 1)} MiB | "
-            f"<= 60 MiB | {_met(ours.get('peak_rss_mib'), 60, below=True)} |"
-        )
-        lines.append(
-            f"| {jobs}, start-up | {_n(sleep.get('startup_s'), 3)} s (sleep loop) | "
-            f"{peer_list('startup_s', 2, ' s')} | {_n(ours.get('startup_s'), 3)} s | "
-            f"<= 0.3 s | {_met(ours.get('startup_s'), 0.3, below=True)} |"
-        )
-    load = _bench(output, "load")
-    if load:
-        peer = _row(load, "grelmicro060-redis")
-        for target, label in (("grelmicro-redis", "Redis"), ("grelmicro-nats", "NATS")):
-            ours = _row(load, target)
-            lines.append(
-                f"| Round trips per locked execution, 3 workers, {label} | 3.0 (one attempt per worker per tick) | "
-                f"grelmicro 0.6.0 (Redis) {_n(peer.get('client_rt_per_exec'), 2)} | "
-                f"{_n(ours.get('client_rt_per_exec'), 2)} | <= 1.5 | "
-                f"{_met(ours.get('client_rt_per_exec'), 1.5, below=True)} |"
-            )
-    takeover = _bench(output, "takeover")
-    if takeover:
-        peer = _row(takeover, "grelmicro060-redis")
-        lease, retry = takeover["lease"], takeover["retry"]
-        for kind, label, limit, floor in (
-            ("graceful", "after graceful stop", 0.05, "—"),
-            ("sigkill", "after SIGKILL", lease + retry, f"lease ({lease:g} s)"),
-        ):
-            ours = [
-                f"{name} {_n(_row(takeover, t).get(f'{kind}_s'), 3)} s"
-                for t, name in (
-                    ("grelmicro-redis", "Redis"),
-                    ("grelmicro-nats", "NATS"),
-                )
-            ]
-            worst = max(
-                (
-                    _row(takeover, t).get(f"{kind}_s", float("nan"))
-                    for t in ("grelmicro-redis", "grelmicro-nats")
-                ),
-                key=lambda v: (v == v, v),
-            )
-            lines.append(
-                f"| Takeover {label} | {floor} | grelmicro 0.6.0 (Redis) "
-                f"{_n(peer.get(f'{kind}_s'), 3)} s | {', '.join(ours)} | <= {limit:g} s | "
-                f"{_met(worst, limit, below=True)} |"
-            )
-    return lines
-
-
 def _lock_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
     lines: list[str] = []
     for bench in output["benchmarks"]:
@@ -174,15 +69,16 @@ def _lock_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
             "",
         ]
         seq = bench["name"].endswith("-seq")
-        header = "| Target | cycles/s | ratio to floor |" + (
-            " p50 latency | p99 latency |" if seq else ""
-        )
-        lines += [header, "|---|---|---|" + ("---|---|" if seq else "")]
+        base = bench.get("baseline")
+        header = "| Target | cycles/s | ratio to floor |"
+        header += " p50 latency | p99 latency |" if seq else ""
+        header += f" now / at {base} (same round) |" if base else ""
+        columns = 3 + (2 if seq else 0) + (1 if base else 0)
+        lines += [header, "|" + "---|" * columns]
         for row in bench["rows"]:
             if "ops" not in row:
                 lines.append(
-                    f"| {row['label']} | {_s(row['status'])} | — |"
-                    + (" — | — |" if seq else "")
+                    f"| {row['label']} | {_s(row['status'])} |" + " — |" * (columns - 2)
                 )
                 continue
             label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
@@ -191,6 +87,8 @@ def _lock_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
                 line += (
                     f" {_n(row.get('p50_ms'), 3)} ms | {_n(row.get('p99_ms'), 3)} ms |"
                 )
+            if base:
+                line += f" {_x(row.get('vs_baseline'))} |"
             lines.append(line)
             if row["status"] != "ok":
                 notes.append(f"{row['label']}: {row['status']}")
@@ -201,7 +99,7 @@ def _lock_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
 def _scheduler_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
     lines: list[str] = []
     for bench in output["benchmarks"]:
-        if not bench["name"].startswith("scheduler-"):
+        if not bench["name"].startswith(("scheduler-", "cron-")):
             continue
         rounds = output["settings"]["scheduler_rounds"]
         lines += [
@@ -228,6 +126,12 @@ def _scheduler_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
             )
             if row["status"] != "ok":
                 notes.append(f"{row['label']} ({bench['jobs']} jobs): {row['status']}")
+            if row.get("stalled"):
+                notes.append(
+                    f"{row['label']} ({bench['jobs']} jobs): stalled, the event loop "
+                    "could not keep up and never reported; its figures come from a "
+                    "watchdog thread (window opened at the start-up cap)"
+                )
         lines.append("")
     return lines
 
@@ -328,61 +232,32 @@ def _takeover_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
     return lines
 
 
-def markdown_report(output: dict[str, Any]) -> str:
-    """The whole report: summary, then one table per benchmark, then notes."""
-    machine = output.get("machine", {})
-    notes: list[str] = []
+def _otel_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
+    bench = _bench(output, "otel")
+    if bench is None:
+        return []
+    rounds = output["settings"].get("otel_rounds", "?")
     lines = [
-        f"Run: {machine.get('date', '?')}, {output['mode']} mode, commit {machine.get('commit', '?')}; "
-        f"{machine.get('nproc', '?')} cores ({machine.get('cpu_model', '?')}), "
-        f"{machine.get('memory_gib', '?')} GiB, Linux {machine.get('kernel', '?')}, "
-        f"Python {machine.get('python', '?')}, {machine.get('redis_server', '?').split(' sha=')[0]}, "
-        f"{machine.get('nats_server', '?')}; took {output.get('elapsed_s', 0):.0f} s.",
+        f"### {bench['title']}",
         "",
-        "### Summary against the targets of issue 6",
+        f"Median of {rounds} rounds, each case in a fresh process, cases interleaved; "
+        "extra CPU per run against the floor (OpenTelemetry not importable) of the "
+        "same round.",
         "",
-        *_summary(output),
-        "",
-        *_lock_tables(output, notes),
-        *_scheduler_tables(output, notes),
-        *_load_tables(output, notes),
-        *_takeover_tables(output, notes),
+        "| Case | CPU s/s | ratio to floor | runs/s | CPU per run | extra CPU per run |",
+        "|---|---|---|---|---|---|",
     ]
-    env_notes = [
-        f"- environment `{name}`: {env['error']}"
-        for name, env in output.get("environments", {}).items()
-        if env.get("error")
-    ]
-    if notes or env_notes:
-        lines += ["### Targets that did not run or failed", ""]
-        lines += (
-            [f"- {_s(note, 400)}" for note in dict.fromkeys(notes)] + env_notes + [""]
+    for row in bench["rows"]:
+        if "cpu_per_s" not in row:
+            lines.append(f"| {row['label']} | {_s(row['status'])} |" + " — |" * 4)
+            continue
+        label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
+        lines.append(
+            f"| {label} | {_n(row['cpu_per_s'], 3)} | {_x(row.get('cpu_ratio'))} | "
+            f"{_n(row.get('runs_per_s'))} | {_n(row.get('cpu_us_per_run'), 1, ' µs')} | "
+            f"{_n(row.get('extra_us_per_run'), 2, ' µs')} |"
         )
-    versions = []
-    for name, env in output.get("environments", {}).items():
-        packages = env.get("packages") or {}
-        keep = [
-            f"{p} {v}"
-            for p, v in sorted(packages.items())
-            if p
-            in {
-                "grelmicro",
-                "redis",
-                "nats-py",
-                "anyio",
-                "apscheduler",
-                "aioredlock",
-                "aioredis",
-                "hiredis",
-                "pottery",
-                "nats-kv-lock",
-                "natspy-lock",
-                "fast-depends",
-                "pydantic",
-            }
-        ]
-        if keep:
-            versions.append(f"- `{name}`: {', '.join(keep)}")
-    if versions:
-        lines += ["### Package versions per environment", "", *versions, ""]
-    return "\n".join(lines)
+        if row["status"] != "ok":
+            notes.append(f"{row['label']} (otel): {row['status']}")
+    lines.append("")
+    return lines

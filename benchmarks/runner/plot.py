@@ -1,7 +1,7 @@
 """Draw the benchmark results as one PNG.
 
 Runs in the tools environment (``benchmarks/.venvs/tools``, matplotlib), never
-in the project's: ``python _plot.py results.json out.png``.
+in the project's: ``python runner/plot.py results.json out.png``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-COLORS = {"floor": "#9e9e9e", "project": "#d9480f", "peer": "#4c8bd6"}
+COLORS = {
+    "floor": "#9e9e9e",
+    "project": "#d9480f",
+    "baseline": "#f4a261",
+    "peer": "#4c8bd6",
+}
 
 
 def bench(output: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -84,6 +89,9 @@ def main() -> None:
     if scheds:
         b = max(scheds, key=lambda x: x["jobs"])
         n = f"{b['jobs']:,} jobs"
+        cron = bench(output, f"cron-{b['jobs']}")
+        # Interval and cron targets of the same run, in one panel each.
+        b = {**b, "rows": b["rows"] + (cron["rows"] if cron else [])}
         bars(
             flat[4],
             b["rows"],
@@ -115,7 +123,7 @@ def main() -> None:
             "Round trips per locked execution, 3 workers",
             "client round trips (lower is better)",
         )
-        flat[7].axvline(1.5, color="black", lw=0.6, ls="--")
+        flat[7].axvline(0.1, color="black", lw=0.6, ls="--")
     takeover = bench(output, "takeover")
     if takeover:
         rows = []

@@ -86,7 +86,7 @@ async def project_redis_backend(
 ) -> Factory:
     from grelmicro.sync.redis import RedisSyncBackend
 
-    backend = RedisSyncBackend(args.redis_url, prefix="bench:")
+    backend = RedisSyncBackend(args.redis_url, prefix=f"{args.namespace or 'bench'}:")
     await backend.__aenter__()
     state["closers"].append(lambda: backend.__aexit__(None, None, None))
     return _backend_factory(backend)
@@ -98,7 +98,7 @@ async def project_redis_lock(
     from grelmicro.sync import Lock
     from grelmicro.sync.redis import RedisSyncBackend
 
-    backend = RedisSyncBackend(args.redis_url, prefix="bench:")
+    backend = RedisSyncBackend(args.redis_url, prefix=f"{args.namespace or 'bench'}:")
     await backend.__aenter__()
     state["closers"].append(lambda: backend.__aexit__(None, None, None))
     return _lock_factory(Lock, backend)
@@ -286,7 +286,7 @@ async def project_nats_backend(
 ) -> Factory:
     from grelmicro.sync.nats import NatsSyncBackend
 
-    backend = NatsSyncBackend(args.nats_url, bucket="bench_grelmicro")
+    backend = NatsSyncBackend(args.nats_url, bucket=args.namespace or "bench_grelmicro")
     await backend.__aenter__()
     state["closers"].append(lambda: backend.__aexit__(None, None, None))
     factory = _backend_factory(backend)
@@ -301,7 +301,7 @@ async def project_nats_lock(args: argparse.Namespace, state: dict[str, Any]) -> 
     from grelmicro.sync import Lock
     from grelmicro.sync.nats import NatsSyncBackend
 
-    backend = NatsSyncBackend(args.nats_url, bucket="bench_grelmicro")
+    backend = NatsSyncBackend(args.nats_url, bucket=args.namespace or "bench_grelmicro")
     await backend.__aenter__()
     state["closers"].append(lambda: backend.__aexit__(None, None, None))
     factory = _lock_factory(Lock, backend)
@@ -430,6 +430,11 @@ async def main() -> None:
     parser.add_argument("--target", required=True, choices=sorted(TARGETS))
     parser.add_argument("--redis-url")
     parser.add_argument("--nats-url")
+    parser.add_argument(
+        "--namespace",
+        help="Redis key prefix / NATS bucket of this project's targets "
+        "(one per target, so that two versions of the code never share keys)",
+    )
     args = parser.parse_args()
     state: dict[str, Any] = {"closers": []}
     loop = asyncio.get_running_loop()
