@@ -258,6 +258,10 @@ class IntervalTask:
             logger.exception("Task execution error: %s", self._name)
             if recorder is not None:
                 recorder.finish("error", exc)
+        except anyio.get_cancelled_exc_class():
+            if recorder is not None:
+                recorder.cancel()  # cut off by the worker stopping
+            raise
         else:
             if recorder is not None:
                 recorder.finish("success")
@@ -458,21 +462,26 @@ class IntervalTask:
             if _metrics.ENABLED.on
             else None
         )
-        outcome, error = "success", None
+        outcome: str | None = "success"
+        error: BaseException | None = None
         try:
             await self._call()
         except Exception as exc:
             outcome, error = "error", exc
             logger.exception("Task execution error: %s", self._name)
         except anyio.get_cancelled_exc_class():
-            outcome = "lost" if run.lost else "error"
+            # Lost, or cut off by the worker stopping (not a failure).
+            outcome = "lost" if run.lost else None
             raise
         finally:
             reset_current_run(token)
             if run.lost and outcome == "success":
                 outcome = "lost"
             if recorder is not None:
-                recorder.finish(outcome, error)
+                if outcome is None:
+                    recorder.cancel()
+                else:
+                    recorder.finish(outcome, error)
 
 
 class IntervalScheduler:
