@@ -228,7 +228,7 @@ def svg(recorder: Recorder) -> str:
             f'<line x1="{left}" y1="{y(worker)}" x2="{width - 20}" y2="{y(worker)}" '
             'stroke="#ddd"/>'
         )
-    for event in events:
+    for event in sorted(events, key=lambda e: e.what != "run"):  # bars first
         color = COLORS[fires.index(event.fire) % len(COLORS)]
         cx, cy = x(event.at), y(event.worker)
         if event.what == "run":
@@ -264,10 +264,10 @@ def svg(recorder: Recorder) -> str:
                 f'<text x="{cx}" y="{cy + 24}" text-anchor="middle" '
                 f'fill="{color}">✓</text>'
             )
-        elif event.what == "taken-over":
+        elif event.what == "taken-over":  # drawn on the run it starts
             parts.append(
-                f'<text x="{cx}" y="{cy - 11}" text-anchor="middle" font-size="16" '
-                f'fill="{color}">★</text>'
+                f'<text x="{cx + 9}" y="{cy + 5}" text-anchor="middle" '
+                'font-size="14" fill="white">★</text>'
             )
         elif event.what == "crash":
             parts.append(
