@@ -57,9 +57,14 @@ logger = logging.getLogger("grelmicro.task")
 
 T = TypeVar("T")
 
-#: The clock skew between workers the claims tolerate, in seconds. A worker
-#: starting up never marks as missed a fire due less than this long ago.
+#: The clock skew the claims tolerate: each worker's clock may be this many
+#: seconds off, so two clocks may differ by twice as much.
 CLOCK_SKEW = 2.0
+#: A fire not claimed yet is still on time this long after it was due (by
+#: this worker's clock): a worker that starts, or wakes late, attempts such
+#: fires in order, so that it never claims a later fire before workers with
+#: slower clocks have claimed the earlier ones.
+ON_TIME_WINDOW = 2 * CLOCK_SKEW
 #: Seconds a worker watching an at-least-once fire goes on without an answer
 #: from the backend before it stops watching: the backends remember a
 #: completed fire for 60 s, and a takeover after they forgot could run it again.
@@ -159,21 +164,21 @@ class CronTask(SyncErrorLog):
         async with anyio.create_task_group() as task_group:
             task_status.started()
             start = clock.now()
+            cursor = start
             if backend is not None:
-                await self._catch_up(backend, task_group, start)
-            fires = schedule.iter_after(start)
+                cursor = await self._catch_up(backend, task_group, start)
+            fires = schedule.iter_after(cursor)
             while (fire := next(fires, None)) is not None:
                 await clock.sleep_until(fire)
                 now = clock.now()
-                following = schedule.next_after(fire)
-                if following is not None and following <= now:
-                    # Woke more than one fire late (a stalled loop): only the
-                    # latest due fire is attempted; the others were likely
-                    # run by other workers.
-                    latest = schedule.latest_at_or_before(now)
+                if fire < now - ON_TIME_WINDOW:
+                    # Woke late (a stalled loop): of the fires older than the
+                    # window, only the latest is attempted (the others were
+                    # most likely run by other workers); the recent ones follow.
+                    latest = schedule.latest_at_or_before(now - ON_TIME_WINDOW)
                     if latest is not None and latest > fire:
                         logger.debug(
-                            "Cron task woke late: %s, attempting %s only",
+                            "Cron task woke late: %s, skipping to %s",
                             self._name,
                             to_datetime(latest).isoformat(),
                         )
@@ -195,49 +200,52 @@ class CronTask(SyncErrorLog):
 
     async def _catch_up(
         self, backend: FireClaimBackend, task_group: TaskGroup, now: float
-    ) -> None:
-        """At start: run the latest missed fire (within the grace), count the rest.
+    ) -> float:
+        """At start: handle the fires missed while no worker was up.
 
-        Nothing is missed on the very first start (no fire was ever claimed):
-        the schedule begins with the next fire.
+        Returns the instant after which the loop attempts fires on time.
+        Fires due less than `ON_TIME_WINDOW` ago and not claimed yet are on
+        time (workers with slower clocks may be about to claim them); on the
+        very first start (no fire ever claimed) nothing else is missed.
+        Otherwise, when an older fire was never claimed, every worker was
+        down: the latest due fire runs once (within the grace), the others
+        are counted in one WARNING.
         """
+        window_start = now - ON_TIME_WINDOW
         try:
             stored = await self._backend_call(
                 lambda: backend.last_fire(name=self.key), "last_fire"
             )
         except SyncBackendError as exc:
             self._log_sync_error(exc)
-            return
+            return window_start
         if stored is None:
-            return
+            return window_start
+        last = stored / 1000
         due = self.schedule.latest_at_or_before(now)
-        if due is None or stored >= to_ms(due):
-            return
+        if due is None or last >= due or last >= window_start:
+            return max(last, window_start)
+        older = self.schedule.count_between(last, due, limit=MISSED_COUNT_LIMIT)
         grace = self.misfire_grace_seconds
         run_it = grace is None or now - due <= grace
-        if not run_it and now - due <= CLOCK_SKEW:
-            # Too old to run here, but recent enough that workers with
-            # slower clocks may be about to claim it on time: leave it.
-            return
+        if not run_it and not older and due > window_start:
+            # Too old to run here, but nothing shows the fleet was down: it
+            # is left to workers whose clocks are behind.
+            return window_start
         fence = await self._claim(
             backend, task_group, due, run=run_it, final=not run_it
         )
-        if fence is None:
-            return  # another worker is handling it (and reports the misses)
-        older = self.schedule.count_between(
-            stored / 1000, due, limit=MISSED_COUNT_LIMIT
-        )
-        missed = older + (0 if run_it else 1)
-        if not missed:
-            return
-        report_missed(
-            self._name,
-            missed,
-            capped=older >= MISSED_COUNT_LIMIT,
-            after=stored / 1000,
-            due=due,
-            grace=None if run_it else grace,
-        )
+        if fence is not None and (missed := older + (0 if run_it else 1)):
+            # Only the worker that claimed the latest fire reports.
+            report_missed(
+                self._name,
+                missed,
+                capped=older >= MISSED_COUNT_LIMIT,
+                after=last,
+                due=due,
+                grace=None if run_it else grace,
+            )
+        return due
 
     async def _claim(
         self,

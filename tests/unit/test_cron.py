@@ -127,6 +127,13 @@ def make_task(
     )
 
 
+async def ran_until(backend: MemorySyncBackend, fire: float) -> None:
+    """The fleet has claimed every fire of task "job" up to `fire` already."""
+    assert await backend.claim_fire(
+        name="cron:job", fire=round(fire * 1000), token="earlier", lease=None
+    )
+
+
 class Recorder:
     """Records the runs of a task function."""
 
@@ -284,6 +291,7 @@ async def test_default_backend_is_resolved_at_start() -> None:
     clock = FakeClock(T0)
     task = make_task(recorder, clock=clock)
     async with MemorySyncBackend() as backend, anyio.create_task_group() as tg:
+        await ran_until(backend, T0)
         await tg.start(task)
         await clock.advance(T0 + 3)
         tg.cancel_scope.cancel()
@@ -319,6 +327,7 @@ async def test_sync_function_sees_its_run_in_the_worker_thread() -> None:
 
     clock = FakeClock(T0)
     backend = MemorySyncBackend(auto_register=False)
+    await ran_until(backend, T0)
     task = make_task(job, clock=clock, backend=backend)
     async with anyio.create_task_group() as tg:
         await tg.start(task)
@@ -327,7 +336,7 @@ async def test_sync_function_sees_its_run_in_the_worker_thread() -> None:
             while not seen:
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
-    assert seen == [(T0 + 1, 1)]
+    assert seen == [(T0 + 1, 2)]
     with pytest.raises(RuntimeError):
         current_run()
 
@@ -353,6 +362,7 @@ async def test_each_fire_runs_once_across_workers(
     metrics: list[tuple[str, ...]],
 ) -> None:
     backend = MemorySyncBackend(auto_register=False)
+    await ran_until(backend, T0)
     clock = FakeClock(T0)
     recorders = [Recorder() for _ in range(3)]
     tasks = [
@@ -425,7 +435,9 @@ async def test_function_errors_are_logged_and_do_not_stop_the_task(
         raise ValueError(msg)
 
     clock = FakeClock(T0)
-    task = make_task(job, clock=clock, backend=MemorySyncBackend(auto_register=False))
+    backend = MemorySyncBackend(auto_register=False)
+    await ran_until(backend, T0)
+    task = make_task(job, clock=clock, backend=backend)
     with caplog.at_level(logging.ERROR, logger="grelmicro.task"):
         async with anyio.create_task_group() as tg:
             await tg.start(task)
@@ -443,6 +455,7 @@ async def test_backend_errors_are_logged_and_do_not_stop_the_task(
 ) -> None:
     recorder = Recorder()
     backend = ScriptedBackend()
+    await ran_until(backend, T0)
     clock = FakeClock(T0)
     task = make_task(recorder, clock=clock, backend=backend)
     with caplog.at_level(logging.ERROR, logger="grelmicro.task"):
@@ -464,6 +477,7 @@ async def test_busy_resource_lock_skips_the_fire(
     metrics: list[tuple[str, ...]],
 ) -> None:
     backend = MemorySyncBackend(auto_register=False)
+    await ran_until(backend, T0)
     lock = Lock("resource", backend=backend)
     recorder = Recorder()
     clock = FakeClock(T0)
@@ -487,13 +501,45 @@ async def test_busy_resource_lock_skips_the_fire(
 async def test_first_start_runs_no_missed_fire() -> None:
     recorder = Recorder()
     backend = MemorySyncBackend(auto_register=False)
-    clock = FakeClock(T0 + 30.5)
+    clock = FakeClock(T0 + 34.5)  # the fire of T0 + 30 is 4.5 s old
     task = make_task(recorder, "*/10 * * * * *", clock=clock, backend=backend)
     async with anyio.create_task_group() as tg:
         await tg.start(task)
-        await clock.advance(T0 + 35)
+        await clock.advance(T0 + 39)
         tg.cancel_scope.cancel()
     assert recorder.runs == []
+
+
+async def test_a_fire_due_less_than_the_window_ago_is_on_time() -> None:
+    """Not yet claimed 3 s after it was due: on time (slower clocks may be
+    about to claim it), so a starting worker runs it, once, without WARNING."""
+    for stored in (None, T0 + 20):
+        backend = MemorySyncBackend(auto_register=False)
+        if stored is not None:
+            await ran_until(backend, stored)
+        recorder = Recorder()
+        clock = FakeClock(T0 + 33)
+        task = make_task(recorder, "*/10 * * * * *", clock=clock, backend=backend)
+        async with anyio.create_task_group() as tg:
+            await tg.start(task)
+            await clock.advance(T0 + 39)
+            tg.cancel_scope.cancel()
+        assert recorder.fires == [T0 + 30], stored
+
+
+async def test_a_worker_starting_ahead_never_claims_past_unclaimed_fires() -> None:
+    """Clocks skewed: a worker 1.5 s ahead starts while the fleet, 1.5 s
+    behind, has claimed up to T0 - 1; it claims T0 and T0 + 1 before T0 + 2."""
+    backend = MemorySyncBackend(auto_register=False)
+    await ran_until(backend, T0 - 1)
+    ahead = Recorder()
+    clock = FakeClock(T0 + 1.6)
+    task = make_task(ahead, clock=clock, backend=backend)
+    async with anyio.create_task_group() as tg:
+        await tg.start(task)
+        await clock.advance(T0 + 3)
+        tg.cancel_scope.cancel()
+    assert ahead.fires == [T0, T0 + 1, T0 + 2, T0 + 3]
 
 
 async def test_latest_missed_fire_runs_once_and_older_ones_are_counted(
@@ -604,6 +650,7 @@ async def test_at_least_once_reruns_a_fire_whose_claimant_died(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     backend = MemorySyncBackend(auto_register=False)
+    await ran_until(backend, T0 - 1)
     clock = FakeClock(T0 - 1)
     recorder = Recorder()
     task = make_task(
@@ -639,6 +686,7 @@ async def test_at_least_once_reruns_a_fire_whose_claimant_died(
 
 async def test_at_least_once_completed_fire_never_runs_again() -> None:
     backend = MemorySyncBackend(auto_register=False)
+    await ran_until(backend, T0 - 1)
     clock = FakeClock(T0 - 1)
     recorders = [Recorder(work=0.6), Recorder(work=0.6)]
     tasks = [
@@ -665,6 +713,7 @@ async def test_at_least_once_lost_lease_cancels_the_run(
     caplog: pytest.LogCaptureFixture, metrics: list[tuple[str, ...]]
 ) -> None:
     backend = ScriptedBackend()
+    await ran_until(backend, T0 - 1)
     clock = FakeClock(T0 - 1)
     finished: list[bool] = []
 
@@ -693,6 +742,7 @@ async def test_at_least_once_lost_lease_without_cancel_marks_the_run_lost(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     backend = ScriptedBackend()
+    await ran_until(backend, T0 - 1)
     clock = FakeClock(T0 - 1)
     seen: list[bool] = []
 
@@ -741,7 +791,10 @@ async def test_with_a_manager_and_the_wall_clock() -> None:
         with anyio.move_on_after(2.2):
             async with manager:
                 await anyio.sleep_forever()
-    assert 1 <= len(seen) <= 3
+    # The first start also runs the fires due in the last 4 s (on time).
+    fires = [run.scheduled_at.timestamp() for run in seen]
+    assert 1 <= len(fires) <= 3 + 4
+    assert fires == [fires[0] + i for i in range(len(fires))]
     for run in seen:
         assert run.scheduled_at.microsecond == 0
         assert run.fencing_token is not None
@@ -787,6 +840,7 @@ async def test_a_watcher_without_backend_answers_stops_watching(
     could run it again: a watcher that cannot reach the backend gives up."""
     monkeypatch.setattr(_cron, "WATCH_BLIND_LIMIT", 0.3)
     backend = ScriptedBackend()
+    await ran_until(backend, T0 - 1)
     clock = FakeClock(T0 - 1)
     recorder = Recorder()
     task = make_task(
