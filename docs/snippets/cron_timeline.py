@@ -136,6 +136,14 @@ async def record_run() -> Recorder:
         first_fire = round(time.time() / 2) * 2 + 2
         second_fire = first_fire + 2
         recorder.start = first_fire - 1.0  # times count from 1 s before fire A
+        # The fleet has been running: the fire before A was claimed already
+        # (a first start would also run the fires of the last 4 s).
+        await inner.claim_fire(
+            name="cron:report",
+            fire=round((first_fire - 2) * 1000),
+            token="earlier",
+            lease=None,
+        )
         routers = []
         for worker in WORKERS:
             router = TaskRouter()
@@ -228,11 +236,11 @@ def svg(recorder: Recorder) -> str:
             f'<line x1="{left}" y1="{y(worker)}" x2="{width - 20}" y2="{y(worker)}" '
             'stroke="#ddd"/>'
         )
-    for event in sorted(events, key=lambda e: e.what != "run"):  # bars first
-        color = COLORS[fires.index(event.fire) % len(COLORS)]
-        cx, cy = x(event.at), y(event.worker)
+    # Run bars: full height, or half height when a worker runs two at once.
+    stops: dict[tuple[str, float], float] = {}
+    for event in events:
         if event.what == "run":
-            stop = next(
+            stops[event.worker, event.fire] = next(
                 (
                     e.at
                     for e in events
@@ -243,9 +251,34 @@ def svg(recorder: Recorder) -> str:
                 ),
                 end,
             )
+    bars: dict[tuple[str, float], tuple[float, int]] = {}
+    runs = [e for e in events if e.what == "run"]
+    for event in runs:
+        key = (event.worker, event.fire)
+        overlapping = [
+            other
+            for other in runs
+            if other is not event
+            and other.worker == event.worker
+            and other.at < stops[key]
+            and event.at < stops[other.worker, other.fire]
+        ]
+        level = sum(
+            1
+            for other in overlapping
+            if (other.at, other.fire) < (event.at, event.fire)
+        )
+        height = 9 if overlapping else 18
+        bars[key] = (y(event.worker) - 9 + level * 9.5, height)
+    for event in sorted(events, key=lambda e: e.what != "run"):  # bars first
+        color = COLORS[fires.index(event.fire) % len(COLORS)]
+        cx, cy = x(event.at), y(event.worker)
+        if event.what == "run":
+            top_y, height = bars[event.worker, event.fire]
+            stop = stops[event.worker, event.fire]
             parts.append(
-                f'<rect x="{cx}" y="{cy - 9}" width="{round(x(stop) - cx, 1)}" '
-                f'height="18" rx="3" fill="{color}" opacity="0.85"/>'
+                f'<rect x="{cx}" y="{top_y}" width="{round(x(stop) - cx, 1)}" '
+                f'height="{height}" rx="3" fill="{color}" opacity="0.85"/>'
             )
         elif event.what == "claimed":
             parts.append(f'<circle cx="{cx}" cy="{cy - 16}" r="5" fill="{color}"/>')
@@ -265,9 +298,10 @@ def svg(recorder: Recorder) -> str:
                 f'fill="{color}">✓</text>'
             )
         elif event.what == "taken-over":  # drawn on the run it starts
+            top_y, height = bars[event.worker, event.fire]
             parts.append(
-                f'<text x="{cx + 9}" y="{cy + 5}" text-anchor="middle" '
-                'font-size="14" fill="white">★</text>'
+                f'<text x="{cx + 9}" y="{top_y + height / 2 + 5}" '
+                'text-anchor="middle" font-size="14" fill="white">★</text>'
             )
         elif event.what == "crash":
             parts.append(
