@@ -65,6 +65,11 @@ CLOCK_SKEW = 2.0
 #: fires in order, so that it never claims a later fire before workers with
 #: slower clocks have claimed the earlier ones.
 ON_TIME_WINDOW = 2 * CLOCK_SKEW
+#: A fire never claimed and older than this means every worker was down (the
+#: missed-fire case). Younger unclaimed fires are attempted in order: another
+#: worker may be working through its own on-time window, from a clock up to
+#: twice the skew behind.
+CATCH_UP_HORIZON = 2 * ON_TIME_WINDOW
 #: Seconds a worker watching an at-least-once fire goes on without an answer
 #: from the backend before it stops watching: the backends remember a
 #: completed fire for 60 s, and a takeover after they forgot could run it again.
@@ -171,11 +176,11 @@ class CronTask(SyncErrorLog):
             while (fire := next(fires, None)) is not None:
                 await clock.sleep_until(fire)
                 now = clock.now()
-                if fire < now - ON_TIME_WINDOW:
+                if fire < now - CATCH_UP_HORIZON:
                     # Woke late (a stalled loop): of the fires older than the
-                    # window, only the latest is attempted (the others were
+                    # horizon, only the latest is attempted (the others were
                     # most likely run by other workers); the recent ones follow.
-                    latest = schedule.latest_at_or_before(now - ON_TIME_WINDOW)
+                    latest = schedule.latest_at_or_before(now - CATCH_UP_HORIZON)
                     if latest is not None and latest > fire:
                         logger.debug(
                             "Cron task woke late: %s, skipping to %s",
@@ -203,15 +208,17 @@ class CronTask(SyncErrorLog):
     ) -> float:
         """At start: handle the fires missed while no worker was up.
 
-        Returns the instant after which the loop attempts fires on time.
-        Fires due less than `ON_TIME_WINDOW` ago and not claimed yet are on
-        time (workers with slower clocks may be about to claim them); on the
-        very first start (no fire ever claimed) nothing else is missed.
-        Otherwise, when an older fire was never claimed, every worker was
-        down: the latest due fire runs once (within the grace), the others
-        are counted in one WARNING.
+        Returns the instant after which the loop attempts fires in order. On
+        the very first start (no fire ever claimed), fires due less than
+        `ON_TIME_WINDOW` ago are on time (workers with slower clocks may be
+        about to claim them). Unclaimed fires younger than `CATCH_UP_HORIZON`
+        are attempted in order too (another worker may be claiming them).
+        An older fire never claimed means every worker was down: the latest
+        due fire runs once (within the grace), the others are counted in one
+        WARNING.
         """
         window_start = now - ON_TIME_WINDOW
+        horizon = now - CATCH_UP_HORIZON
         try:
             stored = await self._backend_call(
                 lambda: backend.last_fire(name=self.key), "last_fire"
@@ -223,15 +230,15 @@ class CronTask(SyncErrorLog):
             return window_start
         last = stored / 1000
         due = self.schedule.latest_at_or_before(now)
-        if due is None or last >= due or last >= window_start:
-            return max(last, window_start)
+        if due is None or last >= due or last >= horizon:
+            return max(last, horizon)
         older = self.schedule.count_between(last, due, limit=MISSED_COUNT_LIMIT)
         grace = self.misfire_grace_seconds
         run_it = grace is None or now - due <= grace
-        if not run_it and not older and due > window_start:
+        if not run_it and not older and due > horizon:
             # Too old to run here, but nothing shows the fleet was down: it
             # is left to workers whose clocks are behind.
-            return window_start
+            return horizon
         fence = await self._claim(
             backend, task_group, due, run=run_it, final=not run_it
         )

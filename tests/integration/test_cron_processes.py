@@ -427,13 +427,13 @@ def test_latest_missed_fire_runs_once_unless_older_than_the_grace(
     for fleet in fleets:
         fleet.stop_all()
     last = {fleet: max(r.fire_ms for r in fleet.records()) for fleet in fleets}
-    # Phase 2: down across at least two fires; one worker starts 2.5 s after
-    # a fire (beyond the 2 s of clock skew within which a starting worker
-    # leaves a just-due fire to the workers that may be up).
+    # Phase 2: down across three fires (longer than the 8 s within which an
+    # unclaimed fire may still be claimed by a starting worker); one worker
+    # starts 2.5 s after a fire.
     second = [fleet.spawn("second") for fleet in fleets]
     for worker in second:
         worker.wait_line("ready")
-    go_at = max(last.values()) / 1000 + 2 * period + 2.5
+    go_at = max(last.values()) / 1000 + 3 * period + 2.5  # > 8 s: an outage
     while go_at < time.time() + 0.2:
         go_at += period
     time.sleep(go_at - time.time())

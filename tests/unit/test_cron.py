@@ -867,3 +867,19 @@ async def test_a_watcher_without_backend_answers_stops_watching(
     assert any(
         r.message.startswith("Cron fire no longer watched: job") for r in caplog.records
     )
+
+
+async def test_a_worker_starting_while_another_works_through_its_window() -> None:
+    """Another worker, its clock 3.5 s behind, has just claimed the first
+    fire of its on-time window: this worker continues in order from there
+    instead of taking the gap for an outage."""
+    backend = MemorySyncBackend(auto_register=False)
+    await ran_until(backend, T0 - 5)
+    ahead = Recorder()
+    clock = FakeClock(T0 + 1.5)
+    task = make_task(ahead, clock=clock, backend=backend)
+    async with anyio.create_task_group() as tg:
+        await tg.start(task)
+        await clock.advance(T0 + 2)
+        tg.cancel_scope.cancel()
+    assert ahead.fires == [T0 + i for i in range(-4, 3)]
