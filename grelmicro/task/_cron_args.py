@@ -15,7 +15,7 @@ from grelmicro.sync._primitive import check_backend, worker_id
 from grelmicro.sync.errors import SyncBackendError
 from grelmicro.sync.lock import Lock
 from grelmicro.task._cron_schedule import CronSchedule, to_datetime
-from grelmicro.task.errors import TaskError
+from grelmicro.task.errors import CronBackendError, FireClaimUnsupportedError
 
 #: Longest single sleep while waiting for a fire: the wall clock is read again
 #: at least this often, so a clock step (NTP) is followed.
@@ -61,25 +61,6 @@ def report_missed(
         to_datetime(after).isoformat(),
         detail,
     )
-
-
-class CronBackendError(SyncBackendError):
-    """A backend call of a cron task failed (the message names the task's key)."""
-
-    def __init__(self, *, key: str, operation: str) -> None:
-        super().__init__(f"Cron fire claim failed: key={key!r}, {operation}")
-
-
-class FireClaimUnsupportedError(TaskError, TypeError):
-    """The backend of a coordinated cron task cannot claim fires."""
-
-    def __init__(self, *, name: str, backend: object) -> None:
-        super().__init__(
-            f"Cron task {name!r} needs a backend that can claim fires "
-            f"(grelmicro.sync.abc.FireClaimBackend), got {backend!r}: use "
-            "MemorySyncBackend, RedisSyncBackend or NatsSyncBackend, or "
-            "cron(..., local=True) to run every fire on every worker"
-        )
 
 
 class Clock(Protocol):

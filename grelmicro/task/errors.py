@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from grelmicro.errors import GrelmicroError
+from grelmicro.sync.errors import SyncBackendError
 
 
 class TaskError(GrelmicroError, RuntimeError):
@@ -27,3 +28,22 @@ class FunctionTypeError(TaskError, TypeError):
 
     def __init__(self, reference: object) -> None:
         super().__init__(f"A task needs a callable, got {reference!r}")
+
+
+class CronBackendError(SyncBackendError):
+    """A backend call of a cron task failed (the message names the task's key)."""
+
+    def __init__(self, *, key: str, operation: str) -> None:
+        super().__init__(f"Cron fire claim failed: key={key!r}, {operation}")
+
+
+class FireClaimUnsupportedError(TaskError, TypeError):
+    """The backend of a coordinated cron task cannot claim fires."""
+
+    def __init__(self, *, name: str, backend: object) -> None:
+        super().__init__(
+            f"Cron task {name!r} needs a backend that can claim fires "
+            f"(grelmicro.sync.abc.FireClaimBackend), got {backend!r}: use "
+            "MemorySyncBackend, RedisSyncBackend or NatsSyncBackend, or "
+            "cron(..., local=True) to run every fire on every worker"
+        )
