@@ -230,6 +230,7 @@ class LeaderElection(Primitive):
             await anyio.sleep_forever()
         self._running = True
         self._settled = False
+        _metrics.leader_status(self.name, False)  # a follower exports 0 too
         task_status.started()
         try:
             while True:

@@ -13,6 +13,7 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
 from typing_extensions import Doc
 
+from grelmicro import _metrics
 from grelmicro.errors import OutOfContextError
 from grelmicro.sync._backends import (
     loaded_backends,
@@ -106,6 +107,7 @@ class TaskManager(TaskRouter):
         if self._task_group is not None:
             msg = "TaskManager is already entered"
             raise TaskError(msg)
+        _metrics.refresh()  # a provider configured just before start counts
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
