@@ -372,7 +372,7 @@ class CronTask(SyncErrorLog):
         recorder = _metrics.start_run(
             self._name, scheduled_at=fire, fencing_token=fence
         )
-        outcome = "success"
+        outcome: str | None = "success"
         error: BaseException | None = None
         try:
             if backend is not None and lease_from is not None:
@@ -383,11 +383,14 @@ class CronTask(SyncErrorLog):
                 outcome = "error"
             if run.lost:
                 outcome = "lost"
-        except BaseException as exc:  # cancelled: the manager is stopping
-            outcome, error = "error", exc
+        except BaseException:  # cancelled: the manager is stopping
+            outcome = "lost" if run.lost else None
             raise
         finally:
-            recorder.finish(outcome, error)
+            if outcome is None:
+                recorder.cancel()  # cut off by the worker stopping
+            else:
+                recorder.finish(outcome, error)
             if resource is not None:
                 with anyio.CancelScope(shield=True):
                     try:

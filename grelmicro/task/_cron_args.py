@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import tzinfo
 from typing import Any, Protocol
-
-import anyio
 
 from grelmicro import _metrics
 from grelmicro._validate import SettingsValidationError, non_empty_str, number
@@ -83,9 +82,14 @@ class WallClock:
         return time.time()
 
     async def sleep_until(self, instant: float) -> None:
-        """Sleep until the wall clock reaches `instant` (re-read every 30 s)."""
+        """Sleep until the wall clock reaches `instant` (re-read every 30 s).
+
+        The event loop's timer runs on the monotonic clock: a millisecond
+        more per sleep keeps it from waking just before the wall clock gets
+        there (and sleeping a second time for nothing).
+        """
         while (remaining := instant - time.time()) > 0:  # noqa: ASYNC110
-            await anyio.sleep(min(remaining, MAX_SLEEP))
+            await asyncio.sleep(min(remaining + 0.001, MAX_SLEEP))
 
 
 def check_cron_args(
