@@ -33,6 +33,11 @@ SOCKET_TIMEOUT = 2.0
 #: Most connections a client built from a URL opens.
 MAX_CONNECTIONS = 8
 
+#: The running "close at loop end" tasks. The event loop keeps only weak
+#: references to tasks: without these, a backend dropped without being closed
+#: would take its task down with it (and its client's sockets, unclosed).
+_GUARDIANS: set[asyncio.Task[None]] = set()
+
 
 class ClientSource:
     """The backend's client, and the bound on its commands in flight."""
@@ -97,10 +102,12 @@ class ClientSource:
             assert self._url is not None
             self._owned = await _connect(self._url)
             self._owned_loop = loop
-            self._guardian = loop.create_task(
+            self._guardian = guardian = loop.create_task(
                 self._close_at_loop_end(self._owned),
                 name="grelmicro-redis-close-at-loop-end",
             )
+            _GUARDIANS.add(guardian)
+            guardian.add_done_callback(_GUARDIANS.discard)
         return self._owned
 
     async def _close_at_loop_end(self, client: RedisClient) -> None:
@@ -198,4 +205,8 @@ async def _connect(url: str) -> RedisClient:
     if not cluster:
         return client
     await client.aclose()
-    return RedisCluster.from_url(url, **options)
+    return RedisCluster.from_url(
+        url,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+    )
