@@ -83,13 +83,26 @@ def redis_sentinel() -> Iterator[RedisSentinelServers]:
         setup.close()
 
 
+_SENTINEL_OF: dict[int, Sentinel] = {}
+
+
 def sentinel_client(setup: RedisSentinelServers) -> Redis:
     """A client of the Sentinel-discovered primary, as an application makes one."""
     sentinel = Sentinel(setup.sentinels, socket_timeout=1.0)
     client: Redis = sentinel.master_for(
         SERVICE, socket_timeout=1.0, socket_connect_timeout=1.0
     )
+    _SENTINEL_OF[id(client)] = sentinel
     return client
+
+
+async def close(client: Any) -> None:
+    """Close a test's client (and, for a Sentinel client, its sentinel clients)."""
+    await client.aclose()
+    sentinel = _SENTINEL_OF.pop(id(client), None)
+    if sentinel is not None:
+        for each in sentinel.sentinels:
+            await each.aclose()
 
 
 TOPOLOGIES = ["cluster-url", "cluster-client", "sentinel"]
@@ -133,7 +146,7 @@ async def backend_case(request: pytest.FixtureRequest) -> AsyncIterator[BackendC
             for other in others:
                 await other.__aexit__(None, None, None)
             for client in clients:
-                await client.aclose()
+                await close(client)
 
 
 # Failover -----------------------------------------------------------------------------
@@ -345,7 +358,7 @@ async def test_cluster_failover_with_a_lock_held(
             )
     finally:
         for client in clients:
-            await client.aclose()
+            await close(client)
         await store.aclose()
         for server in cluster.servers:
             server.resume()
@@ -387,7 +400,7 @@ async def test_sentinel_failover_with_a_lock_held(
                 setup.rejoin(primary)
     finally:
         for client in clients:
-            await client.aclose()
+            await close(client)
         await store.aclose()
     print("\n" + summary(f"sentinel, wait_replicas={wait_replicas}", trials))
     check(wait_replicas, trials)
@@ -441,8 +454,8 @@ async def test_sentinel_leadership_resumes_after_a_failover(
             group.cancel_scope.cancel()
     finally:
         setup.rejoin(primary)
-        await client.aclose()
-        await watcher.aclose()
+        await close(client)
+        await close(watcher)
     promotion = promoted_at - killed_at
     after = resumed_at - promoted_at
     print(
@@ -458,6 +471,9 @@ async def test_sentinel_leadership_resumes_after_a_failover(
 # The broker-shared backend on FastStream's cluster and sentinel brokers --------------
 
 
+# FastStream 0.7.8's RedisSentinelBroker.stop() leaves one sentinel connection
+# unclosed (its ResourceWarning is FastStream's, not the backend's).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_faststream_cluster_and_sentinel_brokers(
     redis_cluster: RedisClusterServers, redis_sentinel: RedisSentinelServers
 ) -> None:
@@ -467,7 +483,9 @@ async def test_faststream_cluster_and_sentinel_brokers(
 
     brokers = [
         RedisClusterBroker(redis_cluster.url),
-        RedisSentinelBroker(sentinels=redis_sentinel.sentinels, service_name=SERVICE),
+        RedisSentinelBroker(
+            sentinels=redis_sentinel.sentinels, sentinel_master_name=SERVICE
+        ),
     ]
     for broker in brokers:
         await broker.connect()
