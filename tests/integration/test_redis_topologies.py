@@ -149,6 +149,44 @@ async def backend_case(request: pytest.FixtureRequest) -> AsyncIterator[BackendC
                 await close(client)
 
 
+# The broker-shared backend on FastStream's cluster and sentinel brokers --------------
+
+
+# FastStream 0.7.8's RedisSentinelBroker.stop() leaves one sentinel connection
+# unclosed (its ResourceWarning is FastStream's, not the backend's).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_faststream_cluster_and_sentinel_brokers(
+    redis_cluster: RedisClusterServers, redis_sentinel: RedisSentinelServers
+) -> None:
+    from faststream.redis import RedisClusterBroker, RedisSentinelBroker
+
+    from grelmicro.brokers import backend_for
+
+    redis_cluster.wait_healthy()
+    redis_sentinel.wait_healthy()
+    brokers = [
+        RedisClusterBroker(redis_cluster.url),
+        RedisSentinelBroker(
+            sentinels=redis_sentinel.sentinels, sentinel_master_name=SERVICE
+        ),
+    ]
+    for broker in brokers:
+        await broker.connect()
+        try:
+            backend = backend_for(broker, prefix=f"fs-{uuid4().hex[:6]}:")
+            async with backend:
+                name = "lock:broker"
+                first = await backend.acquire_fenced(name=name, token="a", duration=5)  # type: ignore[attr-defined]
+                assert first.fence is not None
+                assert not await backend.acquire(name=name, token="b", duration=5)
+                assert await backend.release(name=name, token="a")
+                assert await backend.claim_fire(  # type: ignore[attr-defined]
+                    name="cron:job", fire=1000, token="a", lease=None
+                )
+        finally:
+            await broker.stop()
+
+
 # Failover -----------------------------------------------------------------------------
 
 #: The first holder's lease: longer than a failover (about 2.5 s here).
@@ -466,42 +504,6 @@ async def test_sentinel_leadership_resumes_after_a_failover(
     # Bound: one retry interval, one timed-out call to the dead primary, and
     # the sentinels' answer (the sentinels' own view lags the promotion a bit).
     assert after <= retry + backend_timeout + 2.0
-
-
-# The broker-shared backend on FastStream's cluster and sentinel brokers --------------
-
-
-# FastStream 0.7.8's RedisSentinelBroker.stop() leaves one sentinel connection
-# unclosed (its ResourceWarning is FastStream's, not the backend's).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_faststream_cluster_and_sentinel_brokers(
-    redis_cluster: RedisClusterServers, redis_sentinel: RedisSentinelServers
-) -> None:
-    from faststream.redis import RedisClusterBroker, RedisSentinelBroker
-
-    from grelmicro.brokers import backend_for
-
-    brokers = [
-        RedisClusterBroker(redis_cluster.url),
-        RedisSentinelBroker(
-            sentinels=redis_sentinel.sentinels, sentinel_master_name=SERVICE
-        ),
-    ]
-    for broker in brokers:
-        await broker.connect()
-        try:
-            backend = backend_for(broker, prefix=f"fs-{uuid4().hex[:6]}:")
-            async with backend:
-                name = "lock:broker"
-                first = await backend.acquire_fenced(name=name, token="a", duration=5)  # type: ignore[attr-defined]
-                assert first.fence is not None
-                assert not await backend.acquire(name=name, token="b", duration=5)
-                assert await backend.release(name=name, token="a")
-                assert await backend.claim_fire(  # type: ignore[attr-defined]
-                    name="cron:job", fire=1000, token="a", lease=None
-                )
-        finally:
-            await broker.stop()
 
 
 @pytest.fixture(autouse=True)
