@@ -18,6 +18,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 logger = logging.getLogger("grelmicro.sync")
 
@@ -199,6 +200,10 @@ async def _connect(url: str) -> RedisClient:
     try:
         info: Any = await client.info("cluster")
         cluster = bool(int(info.get("cluster_enabled", 0)))
+    except ResponseError:
+        # INFO refused (an ACL without it, a renamed command): not a cluster
+        # as far as the backend can tell; a cluster user passes a client.
+        return client
     except BaseException:
         await client.aclose()
         raise
