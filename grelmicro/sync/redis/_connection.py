@@ -128,6 +128,17 @@ class ClientSource:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
+    async def client_and_limit(self) -> tuple[RedisClient, asyncio.Semaphore | None]:
+        """`client()` and `limit()` in one call (the lock cycle's hot path)."""
+        owned = self._owned
+        if owned is not None:
+            loop = asyncio.get_running_loop()
+            if self._owned_loop is loop:
+                limit = self._limit
+                if limit is not None and self._limit_loop is loop:
+                    return owned, limit
+        return await self.client(), self.limit()
+
     def limit(self) -> asyncio.Semaphore | None:
         """The semaphore bounding commands in flight on this loop (None: no bound)."""
         if self._concurrency is None:
