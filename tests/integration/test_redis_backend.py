@@ -624,3 +624,28 @@ def test_owned_client_is_closed_when_its_event_loop_ends(redis_url: str) -> None
         gc.collect()  # no unclosed-transport ResourceWarning (an error here)
     finally:
         inspect.close()
+
+
+@pytest.mark.anyio
+async def test_url_form_works_without_the_info_command(
+    redis_url: str, raw: Redis
+) -> None:
+    # The URL form asks INFO whether the server is a cluster node; an ACL user
+    # without INFO still gets a working (single-server) backend.
+    from urllib.parse import urlparse
+
+    user = f"noinfo-{uuid4().hex[:6]}"
+    await raw.execute_command(
+        "ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", "-info"
+    )
+    try:
+        parsed = urlparse(redis_url)
+        url = f"redis://{user}:pw@{parsed.hostname}:{parsed.port}/0"
+        async with RedisSyncBackend(url, auto_register=False) as backend:
+            name = key()
+            assert (
+                await backend.acquire_fenced(name=name, token="a", duration=5)
+            ).fence
+            assert await backend.release(name=name, token="a")
+    finally:
+        await raw.execute_command("ACL", "DELUSER", user)

@@ -83,13 +83,26 @@ def redis_sentinel() -> Iterator[RedisSentinelServers]:
         setup.close()
 
 
+_SENTINEL_OF: dict[int, Sentinel] = {}
+
+
 def sentinel_client(setup: RedisSentinelServers) -> Redis:
     """A client of the Sentinel-discovered primary, as an application makes one."""
     sentinel = Sentinel(setup.sentinels, socket_timeout=1.0)
     client: Redis = sentinel.master_for(
         SERVICE, socket_timeout=1.0, socket_connect_timeout=1.0
     )
+    _SENTINEL_OF[id(client)] = sentinel
     return client
+
+
+async def close(client: Any) -> None:
+    """Close a test's client (and, for a Sentinel client, its sentinel clients)."""
+    await client.aclose()
+    sentinel = _SENTINEL_OF.pop(id(client), None)
+    if sentinel is not None:
+        for each in sentinel.sentinels:
+            await each.aclose()
 
 
 TOPOLOGIES = ["cluster-url", "cluster-client", "sentinel"]
@@ -133,13 +146,51 @@ async def backend_case(request: pytest.FixtureRequest) -> AsyncIterator[BackendC
             for other in others:
                 await other.__aexit__(None, None, None)
             for client in clients:
-                await client.aclose()
+                await close(client)
+
+
+# The broker-shared backend on FastStream's cluster and sentinel brokers --------------
+
+
+# FastStream 0.7.8's RedisSentinelBroker.stop() leaves one sentinel connection
+# unclosed (its ResourceWarning is FastStream's, not the backend's).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_faststream_cluster_and_sentinel_brokers(
+    redis_cluster: RedisClusterServers, redis_sentinel: RedisSentinelServers
+) -> None:
+    from faststream.redis import RedisClusterBroker, RedisSentinelBroker
+
+    from grelmicro.brokers import backend_for
+
+    redis_cluster.wait_healthy()
+    redis_sentinel.wait_healthy()
+    brokers = [
+        RedisClusterBroker(redis_cluster.url),
+        RedisSentinelBroker(
+            sentinels=redis_sentinel.sentinels, sentinel_master_name=SERVICE
+        ),
+    ]
+    for broker in brokers:
+        await broker.connect()
+        try:
+            backend = backend_for(broker, prefix=f"fs-{uuid4().hex[:6]}:")
+            async with backend:
+                name = "lock:broker"
+                first = await backend.acquire_fenced(name=name, token="a", duration=5)  # type: ignore[attr-defined]
+                assert first.fence is not None
+                assert not await backend.acquire(name=name, token="b", duration=5)
+                assert await backend.release(name=name, token="a")
+                assert await backend.claim_fire(  # type: ignore[attr-defined]
+                    name="cron:job", fire=1000, token="a", lease=None
+                )
+        finally:
+            await broker.stop()
 
 
 # Failover -----------------------------------------------------------------------------
 
 #: The first holder's lease: longer than a failover (about 2.5 s here).
-LEASE = 5.0
+LEASE = 4.0
 TRIALS = 3
 
 # The fenced store (on the session's standalone server): a write carries its
@@ -317,6 +368,7 @@ async def test_cluster_failover_with_a_lock_held(
             await client.initialize()  # learn every node while all are up
         used: set[int] = set()
         while len(trials) < TRIALS:  # one shard per trial
+            cluster.wait_healthy()  # the last trial's node has rejoined
             name = f"lock:failover-{uuid4().hex[:8]}"
             primary = cluster.primary_for(name)
             if primary.port in used:
@@ -344,7 +396,7 @@ async def test_cluster_failover_with_a_lock_held(
             )
     finally:
         for client in clients:
-            await client.aclose()
+            await close(client)
         await store.aclose()
         for server in cluster.servers:
             server.resume()
@@ -386,7 +438,7 @@ async def test_sentinel_failover_with_a_lock_held(
                 setup.rejoin(primary)
     finally:
         for client in clients:
-            await client.aclose()
+            await close(client)
         await store.aclose()
     print("\n" + summary(f"sentinel, wait_replicas={wait_replicas}", trials))
     check(wait_replicas, trials)
@@ -440,8 +492,8 @@ async def test_sentinel_leadership_resumes_after_a_failover(
             group.cancel_scope.cancel()
     finally:
         setup.rejoin(primary)
-        await client.aclose()
-        await watcher.aclose()
+        await close(client)
+        await close(watcher)
     promotion = promoted_at - killed_at
     after = resumed_at - promoted_at
     print(
@@ -454,32 +506,10 @@ async def test_sentinel_leadership_resumes_after_a_failover(
     assert after <= retry + backend_timeout + 2.0
 
 
-# The broker-shared backend on FastStream's cluster and sentinel brokers --------------
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after each test: an unclosed client's ResourceWarning fails that test."""
+    import gc
 
-
-async def test_faststream_cluster_and_sentinel_brokers(
-    redis_cluster: RedisClusterServers, redis_sentinel: RedisSentinelServers
-) -> None:
-    from faststream.redis import RedisClusterBroker, RedisSentinelBroker
-
-    from grelmicro.brokers import backend_for
-
-    brokers = [
-        RedisClusterBroker(redis_cluster.url),
-        RedisSentinelBroker(sentinels=redis_sentinel.sentinels, service_name=SERVICE),
-    ]
-    for broker in brokers:
-        await broker.connect()
-        try:
-            backend = backend_for(broker, prefix=f"fs-{uuid4().hex[:6]}:")
-            async with backend:
-                name = "lock:broker"
-                first = await backend.acquire_fenced(name=name, token="a", duration=5)  # type: ignore[attr-defined]
-                assert first.fence is not None
-                assert not await backend.acquire(name=name, token="b", duration=5)
-                assert await backend.release(name=name, token="a")
-                assert await backend.claim_fire(  # type: ignore[attr-defined]
-                    name="cron:job", fire=1000, token="a", lease=None
-                )
-        finally:
-            await broker.stop()
+    yield
+    gc.collect()

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 #: notification on Redis yet: see docs/redis-topologies.md).
 RELEASE_POLL_INTERVAL = 0.25
 
+#: Lock names whose keys a backend remembers (task and lock names: a few).
+KEY_CACHE_SIZE = 4096
+
 #: Default seconds to wait for replicas' acknowledgement (`wait_replicas`).
 WAIT_TIMEOUT = 1.0
 
@@ -139,6 +142,7 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         self._prefix = prefix
         self._wait_replicas = wait_replicas
         self._wait_ms = wait_ms
+        self._key_cache: dict[str, tuple[str, str]] = {}
 
     @classmethod
     def from_client_provider(
@@ -253,23 +257,37 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         """Run `script`; with `replicated` and `wait_replicas`, WAIT in the same trip.
 
         A missing acknowledgement raises `Unacknowledged` for the caller to
-        give the write back.
+        give the write back. The common path (no WAIT) is written out inline:
+        it is the lock cycle's hot path.
         """
-
-        async def send(client: RedisClient) -> int:
-            if replicated and self._wait_replicas:
-                return await self._eval_and_wait(client, script, keys, args)
-            try:
-                result: Any = await client.evalsha(
-                    script.sha, script.keys, *keys, *args
-                )
-            except NoScriptError:
-                # EVAL runs it in the same round trip and caches it on the server.
-                result = await client.eval(script.source, script.keys, *keys, *args)
+        if replicated and self._wait_replicas:
+            answer: int = await self._call(
+                operation,
+                name,
+                lambda client: self._eval_and_wait(client, script, keys, args),
+            )
+            return answer
+        try:
+            client, limit = await self._source.client_and_limit()
+            if limit is None:
+                try:
+                    result: Any = await client.evalsha(
+                        script.sha, script.keys, *keys, *args
+                    )
+                except NoScriptError:
+                    # EVAL runs it in the same round trip and caches it.
+                    result = await client.eval(script.source, script.keys, *keys, *args)
+                return int(result)
+            async with limit:
+                try:
+                    result = await client.evalsha(script.sha, script.keys, *keys, *args)
+                except NoScriptError:
+                    result = await client.eval(script.source, script.keys, *keys, *args)
             return int(result)
-
-        answer: int = await self._call(operation, name, send)
-        return answer
+        except SyncBackendError:
+            raise
+        except Exception as exc:
+            raise wrap(operation, name, exc) from exc
 
     async def _eval_and_wait(
         self,
@@ -314,8 +332,14 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         raise AssertionError  # pragma: no cover - the loop always returns
 
     def _keys(self, name: str) -> tuple[str, str]:
-        key = self._prefix + name
-        return key, fence_key(key, self._prefix)
+        """The lock key of `name` and its fencing hash (cached: a hot path)."""
+        keys = self._key_cache.get(name)
+        if keys is None:
+            key = self._prefix + name
+            keys = (key, fence_key(key, self._prefix))
+            if len(self._key_cache) < KEY_CACHE_SIZE:
+                self._key_cache[name] = keys
+        return keys
 
     async def _acquire(
         self, operation: str, name: str, token: str, duration: float

@@ -18,6 +18,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 logger = logging.getLogger("grelmicro.sync")
 
@@ -32,6 +33,11 @@ SOCKET_TIMEOUT = 2.0
 
 #: Most connections a client built from a URL opens.
 MAX_CONNECTIONS = 8
+
+#: The running "close at loop end" tasks. The event loop keeps only weak
+#: references to tasks: without these, a backend dropped without being closed
+#: would take its task down with it (and its client's sockets, unclosed).
+_GUARDIANS: set[asyncio.Task[None]] = set()
 
 
 class ClientSource:
@@ -97,10 +103,12 @@ class ClientSource:
             assert self._url is not None
             self._owned = await _connect(self._url)
             self._owned_loop = loop
-            self._guardian = loop.create_task(
+            self._guardian = guardian = loop.create_task(
                 self._close_at_loop_end(self._owned),
                 name="grelmicro-redis-close-at-loop-end",
             )
+            _GUARDIANS.add(guardian)
+            guardian.add_done_callback(_GUARDIANS.discard)
         return self._owned
 
     async def _close_at_loop_end(self, client: RedisClient) -> None:
@@ -119,6 +127,17 @@ class ClientSource:
                 self._guardian = None
             with contextlib.suppress(Exception):
                 await client.aclose()
+
+    async def client_and_limit(self) -> tuple[RedisClient, asyncio.Semaphore | None]:
+        """`client()` and `limit()` in one call (the lock cycle's hot path)."""
+        owned = self._owned
+        if owned is not None:
+            loop = asyncio.get_running_loop()
+            if self._owned_loop is loop:
+                limit = self._limit
+                if limit is not None and self._limit_loop is loop:
+                    return owned, limit
+        return await self.client(), self.limit()
 
     def limit(self) -> asyncio.Semaphore | None:
         """The semaphore bounding commands in flight on this loop (None: no bound)."""
@@ -192,10 +211,18 @@ async def _connect(url: str) -> RedisClient:
     try:
         info: Any = await client.info("cluster")
         cluster = bool(int(info.get("cluster_enabled", 0)))
+    except ResponseError:
+        # INFO refused (an ACL without it, a renamed command): not a cluster
+        # as far as the backend can tell; a cluster user passes a client.
+        return client
     except BaseException:
         await client.aclose()
         raise
     if not cluster:
         return client
     await client.aclose()
-    return RedisCluster.from_url(url, **options)
+    return RedisCluster.from_url(
+        url,
+        socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+    )
