@@ -183,11 +183,12 @@ async def test_an_older_fire_cannot_be_claimed_after_a_later_one(
     backend: SyncBackend,
 ) -> None:
     claim, key = claims(backend), name()
-    later = await claim.claim_fire(name=key, fire=fire_at(2), token="a", lease=None)
+    fire = fire_at(2)
+    later = await claim.claim_fire(name=key, fire=fire, token="a", lease=None)
     older = await claim.claim_fire(name=key, fire=fire_at(1), token="b", lease=None)
     assert later is not None
     assert older is None
-    assert await claim.last_fire(name=key) == fire_at(2)
+    assert await claim.last_fire(name=key) == fire
 
 
 async def test_claims_issue_growing_tokens(backend: SyncBackend) -> None:
