@@ -106,6 +106,7 @@ SPECS: dict[str, Snippet] = {
         expect=("held lock:invoices in the bucket billing-locks", "locked: False"),
     ),
     "backends_cluster.py": Snippet(expect=("built: RedisSyncBackend",)),
+    "redis_topologies.py": Snippet(expect=("built: RedisSyncBackend",)),
     # From the cron page (they land with the cron work).
     "cron_quickstart.py": Snippet(expect=("fire ", "token ")),
     "cron_fencing.py": Snippet(expect=("exported fire", "'last-export'")),
@@ -326,9 +327,9 @@ def test_snippet_runs(name: str, request: pytest.FixtureRequest) -> None:
     spec = SPECS[name]
     env: dict[str, str] = {}
     if "redis" in spec.needs:
-        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+        env["REDIS_URL"] = request.getfixturevalue("docs_redis_url")
     if "nats" in spec.needs:
-        env["NATS_URL"] = request.getfixturevalue("nats_url")
+        env["NATS_URL"] = request.getfixturevalue("docs_nats_url")
     run_snippet(name, spec, env)
 
 
