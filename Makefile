@@ -20,7 +20,7 @@ demo: install
 	@$(VENV_PY) examples/faststream/demo.py
 
 test: install servers
-	@$(VENV_PY) -m pytest
+	@$(VENV_PY) -m pytest -n 3 --dist loadfile
 
 lint: install
 	@$(VENV_PY) -m ruff check .

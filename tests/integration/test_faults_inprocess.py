@@ -302,7 +302,7 @@ async def test_shutdown_under_load_leaves_nothing_to_wait_out(
 
     exit_time = left_at - leaving_at
     figure(f"{target.kind} shutdown: leaving the manager took", exit_time)
-    assert exit_time <= 1.0
+    assert exit_time <= 2.0  # generous: the figure is what is reported
     assert cancelled == {"gated-job", "locked-job", "resource-job"}
     assert not leader.is_leader()
     # Another worker gets the lease and the resource lock at once...
