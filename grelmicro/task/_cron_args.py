@@ -14,13 +14,12 @@ from grelmicro.sync._primitive import check_backend, worker_id
 from grelmicro.sync.errors import SyncBackendError
 from grelmicro.sync.lock import Lock
 from grelmicro.task._cron_schedule import CronSchedule, to_datetime
+from grelmicro.task._interval import SyncErrorLog as IntervalSyncErrorLog
 from grelmicro.task.errors import CronBackendError, FireClaimUnsupportedError
 
 #: Longest single sleep while waiting for a fire: the wall clock is read again
 #: at least this often, so a clock step (NTP) is followed.
 MAX_SLEEP = 30.0
-#: Minimum seconds between two ERROR logs of the same task's backend errors.
-SYNC_ERROR_LOG_INTERVAL = 30.0
 
 #: At most this many missed fires are counted (the WARNING says "at least").
 MISSED_COUNT_LIMIT = 100_000
@@ -155,31 +154,23 @@ def _timezone_arg(timezone: Any) -> str | tzinfo:
 
 
 class SyncErrorLog:
-    """Logs a task's backend errors at ERROR, at most once per 30 s."""
+    """Backend-error logging for a task: the same throttled log as interval
+    tasks (`grelmicro.task._interval.SyncErrorLog`), as a mixin."""
 
     _name: str
-    _last_sync_error_log = -float("inf")
-    _sync_errors_suppressed = 0
+    _sync_error_log: IntervalSyncErrorLog | None = None
+
+    def _errors(self) -> IntervalSyncErrorLog:
+        log = self._sync_error_log
+        if log is None:
+            log = self._sync_error_log = IntervalSyncErrorLog(self._name)
+        return log
 
     def _log_sync_error(self, exc: SyncBackendError) -> None:
-        now = time.monotonic()
-        if now - self._last_sync_error_log >= SYNC_ERROR_LOG_INTERVAL:
-            suppressed = self._sync_errors_suppressed
-            extra = f" ({suppressed} similar errors not logged)" if suppressed else ""
-            logger.error(
-                "Task synchronization error: %s%s", self._name, extra, exc_info=exc
-            )
-            self._last_sync_error_log = now
-            self._sync_errors_suppressed = 0
-        else:
-            self._sync_errors_suppressed += 1
-            logger.debug("Task synchronization error: %s: %r", self._name, exc)
+        self._errors().error(exc)
 
     def _sync_recovered(self) -> None:
-        if self._last_sync_error_log != -float("inf"):
-            logger.info("Task synchronization recovered: %s", self._name)
-            self._last_sync_error_log = -float("inf")
-            self._sync_errors_suppressed = 0
+        self._errors().recovered()
 
 
 __all__ = [
