@@ -24,7 +24,8 @@ from grelmicro.sync._backends import (
 from grelmicro.sync._primitive import Primitive
 from grelmicro.sync.errors import BackendNotLoadedError
 from grelmicro.sync.leaderelection import LeaderElection
-from grelmicro.task._interval import IntervalScheduler, IntervalTask
+from grelmicro.task._interval import IntervalTask
+from grelmicro.task._scheduler import IntervalScheduler
 from grelmicro.task.abc import Task
 from grelmicro.task.errors import TaskAddOperationError, TaskError
 from grelmicro.task.router import TaskRouter

@@ -140,7 +140,7 @@ async def test_two_managers_share_backend_run_at_most_once_per_min_lock() -> Non
     async with backend, managers[0], managers[1]:
         await anyio.sleep(1.05)
     times = [t for _, t in runs]
-    assert 4 <= len(times) <= 6
+    assert 3 <= len(times) <= 6  # generous lower bound: a loaded machine is slow
     assert all(b - a >= 0.2 - 0.005 for a, b in itertools.pairwise(times))
 
 
