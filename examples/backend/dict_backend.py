@@ -27,6 +27,7 @@ from grelmicro.sync import Lock
 from grelmicro.sync.abc import SyncBackend
 
 
+# --8<-- [start:backend]
 class DictSyncBackend:
     """Locks in a dict: `{name: (token, monotonic expiry)}`."""
 
@@ -69,6 +70,9 @@ class DictSyncBackend:
 
     async def owned(self, *, name: str, token: str) -> bool:
         return self._holder(name) == token
+
+
+# --8<-- [end:backend]
 
 
 async def main() -> None:

@@ -97,9 +97,6 @@ SPECS: dict[str, Snippet] = {
     "sync_leader.py": Snippet(
         expect=("leader: True", "doing leader-only work", "after exit, leader: False")
     ),
-    "sync_custom_backend.py": Snippet(
-        expect=("held through the custom backend: True", "released: True")
-    ),
     "backends_redis.py": Snippet(("redis",), expect=("held billing:lock:invoices",)),
     "backends_nats.py": Snippet(
         ("nats",),

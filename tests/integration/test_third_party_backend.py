@@ -95,3 +95,18 @@ async def test_tokens_are_none_without_the_capability(
     task_lock = TaskLock("fence-less", backend=backend, min_lock_seconds=0.01)
     async with task_lock:
         assert task_lock.fencing_token is None
+
+
+def test_example_runs() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "backend" / "dict_backend.py")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "held: True fencing token: None" in done.stdout
+    assert "released: True" in done.stdout
