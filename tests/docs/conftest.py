@@ -2,8 +2,10 @@
 
 Snippets use the library's defaults (the NATS bucket ``grelmicro``, Redis keys
 without prefix, lock names such as ``ledger``), which other tests use too: a
-lock another test left to expire would make a snippet skip its run. So the
-snippets get a Redis and a NATS server started for this package alone.
+lock another test (or an earlier run of the same snippet: a task lock keeps
+its minimum hold) left to expire would make a snippet skip its run. So each
+snippet run gets a Redis and a NATS server of its own (they start in tens of
+milliseconds).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import pytest
 from tests.servers import NatsServer, RedisServer, launch
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture
 def docs_redis_url() -> Iterator[str]:
-    """A Redis server for the snippets only."""
+    """A Redis server for one snippet run."""
     server = launch(RedisServer())
     try:
         yield server.url
@@ -25,9 +27,9 @@ def docs_redis_url() -> Iterator[str]:
         server.close()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture
 def docs_nats_url() -> Iterator[str]:
-    """A NATS server (JetStream) for the snippets only."""
+    """A NATS server (JetStream) for one snippet run."""
     server = launch(NatsServer())
     try:
         yield server.url
