@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Self, TypeVar, cast
+from typing import Self, cast
 
 from grelmicro.sync.abc import SyncBackend
 from grelmicro.sync.errors import BackendNotLoadedError
-
-T = TypeVar("T")
 
 _loaded: list[SyncBackend] = []
 
