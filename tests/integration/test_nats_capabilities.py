@@ -27,7 +27,11 @@ from nats.aio.msg import Msg
 
 from grelmicro.sync.abc import NameCheckBackend
 from grelmicro.sync.errors import SyncBackendError, SyncSettingsValidationError
-from grelmicro.sync.nats import NatsSyncBackend, NatsSyncBackendError
+from grelmicro.sync.nats import (
+    NatsSyncBackend,
+    NatsSyncBackendConnectionError,
+    NatsSyncBackendError,
+)
 from grelmicro.sync.nats._codec import encode_key
 from tests.integration.conftest import delete_nats_bucket
 from tests.servers import (
@@ -398,7 +402,24 @@ async def test_a_server_that_lost_its_storage_is_noticed_after_reconnecting(
             ) as b:
                 # The new stream's first write: the sequence `a` remembers.
                 assert await b.acquire(name="x", token="b", duration=30)
-                assert not await a.acquire(name="x", token="a", duration=30)
+                assert not await _acquire_when_connected(a, name="x", token="a")
                 assert await b.owned(name="x", token="b")
     finally:
         await client.close()
+
+
+async def _acquire_when_connected(
+    backend: NatsSyncBackend, *, name: str, token: str
+) -> bool:
+    """Acquire once the borrowed client is connected again.
+
+    A client that just reconnected to a restarted server can lose that new
+    connection once more (the server is still settling): the backend refuses
+    to send while disconnected, so the test waits for the next reconnection.
+    """
+    with anyio.fail_after(10):
+        while True:
+            try:
+                return await backend.acquire(name=name, token=token, duration=30)
+            except NatsSyncBackendConnectionError:
+                await anyio.sleep(0.1)
