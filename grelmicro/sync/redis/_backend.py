@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -16,6 +17,7 @@ from grelmicro.sync._backends import RegisteredBackend, register_backend
 from grelmicro.sync.abc import FencedAcquire
 from grelmicro.sync.errors import SyncBackendError, SyncSettingsValidationError
 from grelmicro.sync.redis import _scripts as scripts
+from grelmicro.sync.redis._batch import Batcher
 from grelmicro.sync.redis._config import (
     check_url,
     check_wait_replicas,
@@ -143,6 +145,7 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         self._wait_replicas = wait_replicas
         self._wait_ms = wait_ms
         self._key_cache: dict[str, tuple[str, str]] = {}
+        self._batch = Batcher()
 
     @classmethod
     def from_client_provider(
@@ -269,21 +272,25 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
             return answer
         try:
             client, limit = await self._source.client_and_limit()
-            if limit is None:
-                try:
-                    result: Any = await client.evalsha(
-                        script.sha, script.keys, *keys, *args
+            loop = asyncio.get_running_loop()
+            batch = self._batch
+            if not batch.idle(loop) and not isinstance(client, RedisCluster):
+                # Another call is in flight: join this turn's pipeline.
+                return int(
+                    await batch.submit(
+                        loop, self._source.client_and_limit, script, keys, args
                     )
-                except NoScriptError:
-                    # EVAL runs it in the same round trip and caches it.
-                    result = await client.eval(script.source, script.keys, *keys, *args)
-                return int(result)
-            async with limit:
-                try:
-                    result = await client.evalsha(script.sha, script.keys, *keys, *args)
-                except NoScriptError:
-                    result = await client.eval(script.source, script.keys, *keys, *args)
-            return int(result)
+                )
+            # Sent alone, on the lane (nothing awaited since the idle check).
+            batch.enter()
+            try:
+                client = self._source.lane(client)
+                if limit is None:
+                    return int(await _evalsha(client, script, keys, args))
+                async with limit:
+                    return int(await _evalsha(client, script, keys, args))
+            finally:
+                batch.leave()
         except SyncBackendError:
             raise
         except Exception as exc:
@@ -474,6 +481,19 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
                 await anyio.sleep(left / 1000)
                 if not await self.locked(name=name):
                     return
+
+
+async def _evalsha(
+    client: RedisClient,
+    script: scripts.Script,
+    keys: tuple[str, ...],
+    args: tuple[str | int, ...],
+) -> Any:
+    """EVALSHA; EVAL when the server does not know the script (it caches it)."""
+    try:
+        return await client.evalsha(script.sha, script.keys, *keys, *args)
+    except NoScriptError:
+        return await client.eval(script.source, script.keys, *keys, *args)
 
 
 def _remaining(answer: int) -> float:

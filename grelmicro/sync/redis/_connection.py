@@ -47,6 +47,11 @@ class ClientSource:
         "_borrowed",
         "_concurrency",
         "_guardian",
+        "_lane",
+        "_lane_base",
+        "_lane_done",
+        "_lane_guardian",
+        "_lane_loop",
         "_limit",
         "_limit_loop",
         "_owned",
@@ -79,6 +84,13 @@ class ClientSource:
         self._concurrency = concurrency
         self._limit: asyncio.Semaphore | None = None
         self._limit_loop: asyncio.AbstractEventLoop | None = None
+        # The client for calls sent alone: one connection of the same pool,
+        # kept (see `lane`).
+        self._lane: Redis | None = None
+        self._lane_base: Redis | None = None
+        self._lane_loop: asyncio.AbstractEventLoop | None = None
+        self._lane_guardian: asyncio.Task[None] | None = None
+        self._lane_done: asyncio.Event | None = None
 
     @property
     def url(self) -> str | None:
@@ -139,6 +151,65 @@ class ClientSource:
                     return owned, limit
         return await self.client(), self.limit()
 
+    def lane(self, client: RedisClient) -> RedisClient:
+        """The client for a call sent alone, over `client`'s pool.
+
+        A single-connection client on the same pool (``Redis.client()``): it
+        keeps one of the pool's connections, so a call skips the pool's
+        per-command checkout (its lock and its connection health check), the
+        largest part of redis-py's cost per command. The backend sends such
+        calls one at a time (concurrent ones go out in a pipeline, see
+        `_batch`), and calls this right before sending one: a lane it
+        replaces (a new client, another event loop) has nothing in flight.
+        Only for the backend's own client (built from its URL): a borrowed
+        client's pool (a broker's) is left as it is, every command checking
+        a connection out and back in, so grelmicro holds none of its
+        connections between commands (and never blocks a bounded pool).
+        A cluster client has no single connection: it is used as is.
+        """
+        if self._url is None:
+            return client
+        lane = self._lane
+        if lane is not None and self._lane_base is client:
+            loop = asyncio.get_running_loop()
+            if self._lane_loop is loop:
+                return lane
+        if isinstance(client, RedisCluster):
+            return client
+        return self._new_lane(client)
+
+    def _new_lane(self, client: Redis) -> Redis:
+        self._release_lane()
+        loop = asyncio.get_running_loop()
+        lane = client.client()
+        done = asyncio.Event()
+        self._lane, self._lane_base, self._lane_loop = lane, client, loop
+        self._lane_done = done
+        # Gives the connection back to the pool when the lane is replaced,
+        # when the backend exits, or when this event loop ends.
+        guardian = loop.create_task(
+            _release_when(done, lane), name="grelmicro-redis-lane-release"
+        )
+        _GUARDIANS.add(guardian)
+        guardian.add_done_callback(_GUARDIANS.discard)
+        self._lane_guardian = guardian
+        return lane
+
+    def _release_lane(self) -> asyncio.Task[None] | None:
+        """Have the current lane's connection given back; its releasing task."""
+        done, guardian = self._lane_done, self._lane_guardian
+        self._lane = self._lane_base = self._lane_loop = None
+        self._lane_done = self._lane_guardian = None
+        if done is None or guardian is None or guardian.done():
+            return None
+        loop = guardian.get_loop()
+        if loop is asyncio.get_running_loop():
+            done.set()
+            return guardian
+        if loop.is_running() and not loop.is_closed():
+            loop.call_soon_threadsafe(done.set)
+        return None
+
     def limit(self) -> asyncio.Semaphore | None:
         """The semaphore bounding commands in flight on this loop (None: no bound)."""
         if self._concurrency is None:
@@ -169,6 +240,9 @@ class ClientSource:
 
     async def aclose(self) -> None:
         """Close the client built from the URL (a borrowed one stays open)."""
+        releasing = self._release_lane()
+        if releasing is not None:
+            await asyncio.wait([releasing])
         client, self._owned, self._owned_loop = self._owned, None, None
         guardian, self._guardian = self._guardian, None
         self._limit = self._limit_loop = None
@@ -190,6 +264,18 @@ class ClientSource:
         if self._borrowed is not None:
             return f"client={self._borrowed!r}"
         return "client=<provider>"
+
+
+async def _release_when(done: asyncio.Event, lane: Redis) -> None:
+    """Give `lane`'s connection back (its pool stays open) once `done` is set.
+
+    Also when the event loop ends (``asyncio.run`` cancels this task).
+    """
+    try:
+        await done.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await lane.aclose(close_connection_pool=False)
 
 
 async def _connect(url: str) -> RedisClient:

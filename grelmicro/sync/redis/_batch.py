@@ -1,0 +1,163 @@
+"""Script calls made while another is in flight go out together, in one pipeline.
+
+A lone call (nothing else in flight: the sequential lock cycle) is sent at
+once, exactly as a plain ``EVALSHA``: no added latency and no extra task.
+A call made while another call or batch is in flight is queued instead;
+the queue is sent at the end of the current event-loop turn, as one
+pipeline (one socket write, one round trip), and every caller gets its
+own answer from it. So a worker whose locked tasks fall due together pays
+one round trip for all of them (plus the first, sent alone), and coroutines
+that cycle locks concurrently share round trips instead of each paying
+redis-py's per-command cost.
+
+Bound: a queued call waits for the end of the loop turn it was made in
+(no timer), so batching never delays a call by more than the time the
+loop takes to run the callbacks already ready.
+
+Cancellation: a call cancelled while queued is dropped before it is sent
+(nothing reaches the server). A call cancelled after its batch was sent
+lets the batch finish for the others; its caller treats the answer as
+lost, as for any call cancelled in flight (the primitives give a lease
+back, see `grelmicro.sync._primitive`), and that give-back is queued after
+the acquisition, so the server applies them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from grelmicro.sync.redis._connection import RedisClient
+from grelmicro.sync.redis._scripts import Script
+
+#: The running flush tasks (the loop keeps only weak references to tasks).
+_FLUSHES: set[asyncio.Task[None]] = set()
+
+
+class Call:
+    """One queued script call and the future its caller awaits."""
+
+    __slots__ = ("args", "future", "keys", "script")
+
+    def __init__(
+        self,
+        script: Script,
+        keys: tuple[str, ...],
+        args: tuple[str | int, ...],
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.future = future
+
+
+#: Sends a batch: the client and the bound on commands in flight.
+ClientGetter = Callable[[], Awaitable[tuple[RedisClient, asyncio.Semaphore | None]]]
+
+
+class Batcher:
+    """The per-event-loop state: calls in flight, and the queue for this turn."""
+
+    __slots__ = ("_in_flight", "_loop", "_queue")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight = 0
+        self._queue: list[Call] = []
+
+    def idle(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether nothing is in flight or queued on `loop` (send at once)."""
+        if self._loop is not loop:
+            # Another event loop: the old one's calls are gone with it.
+            self._loop = loop
+            self._in_flight = 0
+            self._queue = []
+        return self._in_flight == 0 and not self._queue
+
+    def enter(self) -> None:
+        """A call is sent at once (the caller sends it)."""
+        self._in_flight += 1
+
+    def leave(self) -> None:
+        """A call sent at once got its answer (or failed)."""
+        self._in_flight -= 1
+
+    async def submit(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        get_client: ClientGetter,
+        script: Script,
+        keys: tuple[str, ...],
+        args: tuple[str | int, ...],
+    ) -> Any:
+        """Queue the call for this turn's batch and wait for its own answer."""
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(Call(script, keys, args, future))
+        if len(self._queue) == 1:
+            # Its first step runs after every callback already ready in this
+            # turn: the calls they make join the batch.
+            task = loop.create_task(self._flush(get_client))
+            _FLUSHES.add(task)
+            task.add_done_callback(_FLUSHES.discard)
+        return await future
+
+    async def _flush(self, get_client: ClientGetter) -> None:
+        calls = [call for call in self._queue if not call.future.done()]
+        self._queue = []
+        if not calls:
+            return
+        self._in_flight += 1
+        try:
+            client, limit = await get_client()
+            if limit is None:
+                answers = await send(client, calls)
+            else:
+                async with limit:
+                    answers = await send(client, calls)
+        except asyncio.CancelledError:
+            for call in calls:
+                call.future.cancel()
+            raise
+        except Exception as exc:
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(exc)
+        else:
+            for call, answer in zip(calls, answers, strict=True):
+                if call.future.done():
+                    continue  # its caller gave up: the answer is not awaited
+                if isinstance(answer, Exception):
+                    call.future.set_exception(answer)
+                else:
+                    call.future.set_result(answer)
+        finally:
+            self._in_flight -= 1
+
+
+async def send(client: RedisClient, calls: Sequence[Call]) -> list[Any]:
+    """Run `calls` in one pipeline; answers (or errors) in order.
+
+    Scripts the server does not know (NOSCRIPT: after a restart or a SCRIPT
+    FLUSH) are sent again with EVAL, which also caches them.
+    """
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        pipe.evalsha(call.script.sha, call.script.keys, *call.keys, *call.args)
+    answers: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [
+        i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)
+    ]
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for i in missing:
+            call = calls[i]
+            pipe.eval(call.script.source, call.script.keys, *call.keys, *call.args)
+        for i, answer in zip(
+            missing, await pipe.execute(raise_on_error=False), strict=True
+        ):
+            answers[i] = answer
+    return answers
