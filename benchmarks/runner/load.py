@@ -1,6 +1,6 @@
 """Backend load: N worker processes x M locked tasks on one server.
 
-Per locked execution: client round trips (counted in each worker by
+Per locked execution: client round trips (socket writes) and commands (counted in each worker by
 wrapping the driver), server commands (Redis ``INFO commandstats`` and a
 ``MONITOR`` sample; NATS ``/varz`` and ``/jsz``).
 """
@@ -46,6 +46,7 @@ METRICS = (
     "executions",
     "exec_per_task_s",
     "client_rt_per_exec",
+    "client_cmds_per_exec",
     "server_cmds_per_exec",
     "js_api_per_exec",
     "in_msgs_per_exec",
@@ -173,16 +174,19 @@ def _once(
         return value / executions if executions else None
 
     round_trips = sum(r["round_trips"] for r in reports)
-    kinds = sorted({k for r in reports for k in r.get("round_trips_by_kind", {})})
+    commands = sum(r.get("commands", 0) for r in reports)
+    kinds = sorted({k for r in reports for k in r.get("commands_by_kind", {})})
     result: dict[str, Any] = {
         "executions": executions,
         "exec_per_task_s": executions / s.load_tasks / s.load_seconds,
         "client_round_trips": round_trips,
         "client_rt_per_exec": per_exec(round_trips),
+        "client_commands": commands,
+        "client_cmds_per_exec": per_exec(commands),
         "client_connections": sum(r["connections"] for r in reports),
-        "client_rt_by_kind_per_exec": {
+        "client_cmds_by_kind_per_exec": {
             kind: per_exec(
-                sum(r.get("round_trips_by_kind", {}).get(kind, 0) for r in reports)
+                sum(r.get("commands_by_kind", {}).get(kind, 0) for r in reports)
             )
             for kind in kinds
         }

@@ -149,20 +149,22 @@ def _load_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
         "JetStream API calls from `/jsz`.",
         "",
         "| Target | executions | per task per s | client round trips / exec | "
+        "client commands / exec | "
         "server commands (Redis) or messages in (NATS) / exec | JetStream API calls / exec | "
         "connections opened in the window |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in bench["rows"]:
         if "executions" not in row:
             lines.append(
-                f"| {row['label']} | {_s(row['status'])} | — | — | — | — | — |"
+                f"| {row['label']} | {_s(row['status'])} | — | — | — | — | — | — |"
             )
             continue
         label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
         lines.append(
             f"| {label} | {_n(row['executions'])} | {_n(row['exec_per_task_s'], 3)} | "
-            f"{_n(row.get('client_rt_per_exec'), 2)} | {_n(row.get('server_cmds_per_exec'), 2)} | "
+            f"{_n(row.get('client_rt_per_exec'), 2)} | {_n(row.get('client_cmds_per_exec'), 2)} | "
+            f"{_n(row.get('server_cmds_per_exec'), 2)} | "
             f"{_n(row.get('js_api_per_exec'), 2)} | {_n(row.get('client_connections'))} |"
         )
         if row["status"] != "ok":
@@ -170,17 +172,15 @@ def _load_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
     lines.append("")
     for row in bench["rows"]:
         runs = row.get("rounds") or []
-        if runs and runs[-1].get("client_rt_by_kind_per_exec"):
+        if runs and runs[-1].get("client_cmds_by_kind_per_exec"):
             kinds = ", ".join(
                 f"{kind} {n:.2f}"
                 for kind, n in sorted(
-                    runs[-1]["client_rt_by_kind_per_exec"].items(),
+                    runs[-1]["client_cmds_by_kind_per_exec"].items(),
                     key=lambda kv: -kv[1],
                 )
             )
-            lines.append(
-                f"- {row['label']}, client round trips per execution: {kinds}."
-            )
+            lines.append(f"- {row['label']}, client commands per execution: {kinds}.")
         if not runs or "server_cmds_by_command_per_exec" not in runs[-1]:
             continue
         last = runs[-1]

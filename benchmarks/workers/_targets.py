@@ -9,11 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Client-side call counters, filled by `install_counters()`.
-COUNTS: dict[str, int] = {"round_trips": 0, "messages_out": 0, "connections": 0}
+#: Client-side counters, filled by `install_counters()`: round trips (socket
+#: writes), commands (Redis commands, NATS requests), messages published
+#: (NATS, Redis pub/sub), connections opened.
+COUNTS: dict[str, int] = {
+    "round_trips": 0,
+    "commands": 0,
+    "messages_out": 0,
+    "connections": 0,
+}
 
 
-#: Round trips by kind: Redis command name, or NATS subject kind.
+#: Commands by kind: Redis command name, or NATS subject kind.
 KINDS: dict[str, int] = {}
 
 _NATS_KINDS = (
@@ -54,22 +61,57 @@ def _count(cls: Any, method: str, counter: str, kinds: str | None = None) -> Non
     setattr(cls, method, counted)
 
 
-def install_counters(kind: str) -> None:
-    """Count the client's round trips by wrapping the driver (not this project).
+def _count_writes() -> None:
+    """Count socket writes: one per round trip, however many commands it carries.
 
-    Redis: every command a client executes (``Redis.execute_command``) and
-    every pipeline sent (``Pipeline.execute``) is one round trip; pub/sub
-    commands go to ``messages_out``; connections opened (with their HELLO
-    handshake) to ``connections``. NATS: every request (JetStream API calls
-    and KV publishes with an ack are requests) is one round trip; every
-    message the client publishes is counted in ``messages_out``.
+    Both drivers write through `asyncio.StreamWriter`: redis-py one
+    ``writelines`` per command or per pipeline, nats-py one per flush of its
+    pending buffer (every request made in one event-loop turn). A worker
+    process has no other stream than its driver's connections.
     """
+    import asyncio
+
+    for method in ("write", "writelines"):
+        original = getattr(asyncio.StreamWriter, method)
+
+        def counted(self: Any, data: Any, _original: Any = original) -> Any:
+            COUNTS["round_trips"] += 1
+            return _original(self, data)
+
+        setattr(asyncio.StreamWriter, method, counted)
+
+
+def _count_pipelines(cls: Any) -> None:
+    """Count a pipeline's commands (each by name) when it is sent."""
+    original = cls.execute
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for command in self.command_stack:
+            COUNTS["commands"] += 1
+            kind = _kind(command.args, False)
+            KINDS[kind] = KINDS.get(kind, 0) + 1
+        return await original(self, *args, **kwargs)
+
+    cls.execute = counted
+
+
+def install_counters(kind: str) -> None:
+    """Count the client's round trips and commands by wrapping the driver.
+
+    Round trips: socket writes (see `_count_writes`). Commands: Redis, every
+    command a client executes (``Redis.execute_command``) and every command
+    of a pipeline; NATS, every request (JetStream API calls and KV
+    publishes with an ack are requests). Pub/sub commands (Redis) and
+    messages published (NATS) go to ``messages_out``; connections opened
+    (with their handshake) to ``connections``.
+    """
+    _count_writes()
     if kind == "redis":
         from redis.asyncio.client import Pipeline, PubSub, Redis
         from redis.asyncio.connection import AbstractConnection
 
-        _count(Redis, "execute_command", "round_trips", kinds="redis")
-        _count(Pipeline, "execute", "round_trips")
+        _count(Redis, "execute_command", "commands", kinds="redis")
+        _count_pipelines(Pipeline)
         _count(PubSub, "execute_command", "messages_out")
         # redis-py 8 runs the handshake in on_connect_check_health (older
         # versions in on_connect): count whichever the driver has.
@@ -82,7 +124,7 @@ def install_counters(kind: str) -> None:
         return
     from nats.aio.client import Client
 
-    _count(Client, "request", "round_trips", kinds="nats")
+    _count(Client, "request", "commands", kinds="nats")
     _count(Client, "publish", "messages_out")
     _count(Client, "connect", "connections")
 

@@ -3,7 +3,8 @@
 ``run.py`` starts three of these at once (same target, same server) and
 gives them a common wall-clock start time. Each enters its TaskManager at
 that time, runs for the window and prints one JSON object: the executions
-of its tasks and the client round trips it made inside the window.
+of its tasks and the client round trips (socket writes) and commands it
+made inside the window.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, start_at + args.seconds - time.time()))
         result: dict[str, Any] = {"executions": executions[0]}
         result.update({k: v - before[k] for k, v in COUNTS.items()})
-        result["round_trips_by_kind"] = {
+        result["commands_by_kind"] = {
             k: v - kinds_before.get(k, 0)
             for k, v in KINDS.items()
             if v - kinds_before.get(k, 0)
