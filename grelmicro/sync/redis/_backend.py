@@ -31,13 +31,22 @@ from grelmicro.sync.redis._errors import (
 )
 from grelmicro.sync.redis._fires import FireClaims
 from grelmicro.sync.redis._keys import fence_key
+from grelmicro.sync.redis._watch import (
+    ReleaseWatch,
+    WatchBrokenError,
+    release_channel,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Doc
 
-#: Seconds between two looks at a lock in `wait_released` (no release
-#: notification on Redis yet: see docs/redis-topologies.md).
+#: Seconds between two looks at a lock in `wait_released` when the backend
+#: does not subscribe to releases (a borrowed client, a cluster).
 RELEASE_POLL_INTERVAL = 0.25
+
+#: Seconds between two looks at a lock in `wait_released` when subscribed to
+#: releases: a safety net for a release missed while reconnecting.
+WATCH_LOOK_INTERVAL = 5.0
 
 #: Lock names whose keys a backend remembers (task and lock names: a few).
 KEY_CACHE_SIZE = 4096
@@ -146,6 +155,8 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         self._wait_ms = wait_ms
         self._key_cache: dict[str, tuple[str, str]] = {}
         self._batch = Batcher()
+        self._channel = release_channel(prefix)
+        self._watch: ReleaseWatch | None = None
 
     @classmethod
     def from_client_provider(
@@ -225,6 +236,9 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
 
         The backend stays usable: the next operation opens a new connection.
         """
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            await watch.aclose()
         try:
             await self._source.aclose()
         except Exception as exc:
@@ -406,7 +420,9 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         """Release the lock if `token` holds it; False otherwise."""
         key = self._prefix + name
         return (
-            await self._eval("release", name, scripts.RELEASE_SCRIPT, (key,), token)
+            await self._eval(
+                "release", name, scripts.RELEASE_SCRIPT, (key,), token, self._channel
+            )
             == 1
         )
 
@@ -465,22 +481,81 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
     ) -> None:
         """Return once the lock is seen free (released, deleted or expired).
 
-        Redis gives no release notification over a command connection: this
-        looks at the lock's lease every `RELEASE_POLL_INTERVAL` seconds (first
-        after one interval, so a caller that bounds the wait by a shorter
-        retry interval sends nothing more than before), and wakes right when
-        the lease ends.
+        A backend built from a URL (not on a cluster) subscribes to its
+        prefix's release channel (one connection of its own pool, shared by
+        all its waiters): a release by any `RedisSyncBackend` wakes it one
+        round trip later, and the end of the lease it saw wakes it too.
+        Otherwise (a borrowed client, a cluster, a broken subscription) it
+        looks at the lock's lease every `RELEASE_POLL_INTERVAL` seconds
+        (first after one interval) and wakes right when the lease ends.
         """
         key = self._prefix + name
+        future: asyncio.Future[None] | None = None
+        watch = await self._release_watch(name)
+        if watch is not None:
+            try:
+                future = await watch.register(key)
+            except WatchBrokenError:
+                future = None
+        if watch is None or future is None:
+            await self._poll_released(name, key)
+            return
+        try:
+            while True:
+                left = await self._pttl(name, key)
+                if left == -2:  # no key: released or expired
+                    return
+                # Also look again now and then: a release published while
+                # the subscribed connection was reconnecting is not stored.
+                wait = WATCH_LOOK_INTERVAL
+                if left > 0:
+                    wait = min(wait, left / 1000)
+                done, _ = await asyncio.wait({future}, timeout=wait)
+                if done:
+                    if future.exception() is None:
+                        return
+                    break  # the subscription broke: look at the lease
+                # The lease seen has ended (or was extended), or it is time
+                # to look again.
+        finally:
+            watch.unregister(key, future)
+        await self._poll_released(name, key)
+
+    async def _pttl(self, name: str, key: str) -> int:
+        return int(await self._call("wait_released", name, lambda c: c.pttl(key)))
+
+    async def _poll_released(self, name: str, key: str) -> None:
         while True:
             await anyio.sleep(RELEASE_POLL_INTERVAL)
-            left = int(await self._call("wait_released", name, lambda c: c.pttl(key)))
+            left = await self._pttl(name, key)
             if left == -2:  # no key: released or expired
                 return
             if 0 < left < RELEASE_POLL_INTERVAL * 1000:
                 await anyio.sleep(left / 1000)
                 if not await self.locked(name=name):
                     return
+
+    async def _release_watch(self, name: str) -> ReleaseWatch | None:
+        """The subscription for this loop, for a backend built from a URL."""
+        if self._source.url is None:
+            return None
+        client = await self._call("wait_released", name, lambda c: _same(c))
+        if not isinstance(client, Redis):
+            return None  # a cluster: no subscription
+        watch = self._watch
+        loop = asyncio.get_running_loop()
+        if (
+            watch is None
+            or watch.broken
+            or watch.client is not client
+            or (watch.loop is not loop)
+        ):
+            self._watch = watch = ReleaseWatch(client, self._channel)
+        return watch
+
+
+async def _same(client: RedisClient) -> RedisClient:
+    return client
 
 
 async def _evalsha(

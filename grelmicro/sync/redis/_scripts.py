@@ -40,10 +40,16 @@ redis.call('HSET', KEYS[2], 'held', fence)
 return fence
 """
 
-# KEYS = K; ARGV = token. 1 when released, 0 otherwise.
+# KEYS = K; ARGV = token, release channel (optional). 1 when released, 0
+# otherwise. With a channel, a release is published on it (the message is
+# K): waiters subscribed to it learn of it at once (see `_watch`).
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
+    if ARGV[2] and ARGV[2] ~= '' then
+        -- pcall: a user whose ACL forbids the channel still releases.
+        redis.pcall('PUBLISH', ARGV[2], KEYS[1])
+    end
     return 1
 end
 return 0
