@@ -26,6 +26,18 @@ TARGETS = {
             "project",
         ),
         Target("redis-grelmicro-lock", "project", "grelmicro Lock (Redis)", "project"),
+        Target(
+            "redis-grelmicro-broker-backend",
+            "project",
+            "grelmicro RedisSyncBackend, broker's client",
+            "project",
+        ),
+        Target(
+            "redis-grelmicro-broker-lock",
+            "project",
+            "grelmicro Lock (Redis), broker's client",
+            "project",
+        ),
         Target("redis-redispy-lock", "project", "redis-py asyncio Lock", "peer"),
         Target(
             "redis-grelmicro060-backend",

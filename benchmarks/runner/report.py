@@ -36,9 +36,15 @@ def _lock_summary(output: dict[str, Any]) -> list[str]:
             floor = _row(bench, bench["floor"])
             peers = [r for r in bench["rows"] if r["role"] == "peer" and r.get("ratio")]
             best = max(peers, key=lambda r: r["ratio"], default=None)
+            names = [("backend", "backend"), ("Lock", "lock")]
+            if kind == "redis":
+                names += [
+                    ("broker backend", "broker-backend"),
+                    ("broker Lock", "broker-lock"),
+                ]
             ours = {
-                name: _row(bench, f"{kind}-grelmicro-{name.lower()}").get("ratio")
-                for name in ("backend", "Lock")
+                name: _row(bench, f"{kind}-grelmicro-{target}").get("ratio")
+                for name, target in names
             }
             bar = max(goal, best["ratio"] if best and kind == "redis" else 0.0)
             target = f">= {goal:.1f}x floor" + (
@@ -212,12 +218,21 @@ def _multi_summary(output: dict[str, Any]) -> list[str]:
                 name: _row(takeover, f"grelmicro-{name.lower()}").get(f"{kind}_s")
                 for name in ("Redis", "NATS")
             }
+            leaders = {
+                name: _row(takeover, f"grelmicro-{name.lower()}").get(
+                    f"{kind}_leader_s"
+                )
+                for name in ("Redis", "NATS")
+            }
             lines.append(
                 _row_line(
                     f"Takeover {label}",
                     floor,
                     f"grelmicro 0.6.0 (Redis) {_n(peer.get(f'{kind}_s'), 3)} s",
-                    ", ".join(f"{k} {_n(v, 3)} s" for k, v in values.items()),
+                    ", ".join(
+                        f"{k} {_n(v, 3)} s (new leader after {_n(leaders[k], 3)} s)"
+                        for k, v in values.items()
+                    ),
                     f"<= {limit:g} s" + (f" ({', '.join(judged)})" if judged else ""),
                     ", ".join(
                         f"{k} {_met(v, limit, below=True)}"

@@ -211,8 +211,9 @@ def _takeover_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
     lines = [
         f"### {bench['title']}",
         "",
-        "| Target | graceful stop (median) | graceful runs | SIGKILL (median) | SIGKILL runs |",
-        "|---|---|---|---|---|",
+        "| Target | graceful stop (median) | graceful runs | new leader after graceful stop (median) | "
+        "SIGKILL (median) | SIGKILL runs | new leader after SIGKILL (median) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in bench["rows"]:
         label = f"**{row['label']}**" if row["role"] == "project" else row["label"]
@@ -224,7 +225,9 @@ def _takeover_tables(output: dict[str, Any], notes: list[str]) -> list[str]:
 
         lines.append(
             f"| {label} | {_n(row.get('graceful_s'), 3, ' s')} | {runs('graceful')} | "
-            f"{_n(row.get('sigkill_s'), 3, ' s')} | {runs('sigkill')} |"
+            f"{_n(row.get('graceful_leader_s'), 3, ' s')} | "
+            f"{_n(row.get('sigkill_s'), 3, ' s')} | {runs('sigkill')} | "
+            f"{_n(row.get('sigkill_leader_s'), 3, ' s')} |"
         )
         if row["status"] != "ok":
             notes.append(f"{row['label']} (takeover): {row['status']}")

@@ -53,6 +53,8 @@ class Pool:
         self.events: queue.Queue[Event] = queue.Queue()
         self.workers: dict[int, Worker] = {}
         self.last_run: dict[int, float] = {}
+        #: When each worker last became leader (wall clock).
+        self.leader_at: dict[int, float] = {}
         for _ in range(s.takeover_workers):
             self.spawn()
 
@@ -65,6 +67,8 @@ class Pool:
         _, worker, line = event
         if line.startswith("RUN "):
             self.last_run[worker.pid] = float(line.split()[2])
+        elif line.startswith("LEADER "):
+            self.leader_at[worker.pid] = float(line.split()[2])
         elif line == "" and worker.pid in self.workers:
             raise RuntimeError(f"worker {worker.pid} exited: {worker.stderr_tail()}")
 
@@ -88,7 +92,9 @@ class Pool:
         current = {p: t for p, t in self.last_run.items() if p in self.workers}
         return self.workers[max(current, key=lambda p: current[p])]
 
-    def stop_leader(self, sig: int) -> float:
+    def stop_leader(self, sig: int) -> tuple[float, float | None]:
+        """Stop the leader: seconds to the next gated run elsewhere, and to
+        the next leadership gained elsewhere (None if not seen)."""
         leader = self.leader()
         del self.workers[leader.pid]  # its exit is expected from now on
         stopped_at = time.time()
@@ -102,9 +108,14 @@ class Pool:
             self.s.takeover_lease * 4 + 10,
         )
         took = float(line.split()[2]) - stopped_at
+        gained = [
+            t - stopped_at
+            for pid, t in self.leader_at.items()
+            if pid != leader.pid and t > stopped_at
+        ]
         leader.stop(signal.SIGKILL, timeout=10)
         self.spawn()
-        return took
+        return took, min(gained) if gained else None
 
     def close(self) -> None:
         for worker in self.workers.values():
@@ -138,7 +149,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
                     if pool is None or status[target.id] != "ok":
                         continue
                     try:
-                        took = pool.stop_leader(sig)
+                        took, gained = pool.stop_leader(sig)
                     except Exception as exc:
                         status[target.id] = f"failed: {type(exc).__name__}: {exc}"
                         log(f"takeover: {target.id}: {status[target.id]}")
@@ -147,10 +158,17 @@ def run(ctx: Context) -> list[dict[str, Any]]:
                     if not results or results[-1]["round"] != round_index:
                         results.append({"round": round_index})
                     results[-1][f"{kind}_s"] = took
+                    if gained is not None:
+                        results[-1][f"{kind}_leader_s"] = gained
     finally:
         for pool in pools.values():
             pool.close()
-    rows = summarize(TARGETS, rounds, status, metrics=("graceful_s", "sigkill_s"))
+    rows = summarize(
+        TARGETS,
+        rounds,
+        status,
+        metrics=("graceful_s", "sigkill_s", "graceful_leader_s", "sigkill_leader_s"),
+    )
     for row in rows:
         for kind in ("graceful", "sigkill"):
             row[f"{kind}_runs_s"] = [

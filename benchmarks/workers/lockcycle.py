@@ -104,6 +104,35 @@ async def project_redis_lock(
     return _lock_factory(Lock, backend)
 
 
+async def _redis_broker_backend(args: argparse.Namespace, state: dict[str, Any]) -> Any:
+    """The backend over a connected FastStream RedisBroker's own client."""
+    from faststream.redis import RedisBroker
+
+    from grelmicro.brokers.redis import redis_backend
+
+    broker = RedisBroker(args.redis_url)
+    await broker.connect()
+    state["closers"].append(broker.stop)
+    backend = redis_backend(broker, prefix=f"{args.namespace or 'bench'}:broker:")
+    await backend.__aenter__()
+    state["closers"].append(lambda: backend.__aexit__(None, None, None))
+    return backend
+
+
+async def project_redis_broker_backend(
+    args: argparse.Namespace, state: dict[str, Any]
+) -> Factory:
+    return _backend_factory(await _redis_broker_backend(args, state))
+
+
+async def project_redis_broker_lock(
+    args: argparse.Namespace, state: dict[str, Any]
+) -> Factory:
+    from grelmicro.sync import Lock
+
+    return _lock_factory(Lock, await _redis_broker_backend(args, state))
+
+
 async def grelmicro060_redis_backend(
     args: argparse.Namespace, state: dict[str, Any]
 ) -> Factory:
@@ -356,6 +385,8 @@ TARGETS: dict[
     "redis-floor": redis_floor,
     "redis-grelmicro-backend": project_redis_backend,
     "redis-grelmicro-lock": project_redis_lock,
+    "redis-grelmicro-broker-backend": project_redis_broker_backend,
+    "redis-grelmicro-broker-lock": project_redis_broker_lock,
     "redis-grelmicro060-backend": grelmicro060_redis_backend,
     "redis-grelmicro060-lock": grelmicro060_redis_lock,
     "redis-redispy-lock": redispy_lock,

@@ -4,8 +4,9 @@
 or SIGTERM: the app leaves ``async with manager`` and releases what it
 holds) and measures the time until another worker runs the gated task.
 
-Lines on stdout: ``READY <pid>`` once the manager is entered, ``RUN <pid>
-<wall time>`` at each gated run, ``EXIT <pid>`` after a graceful stop.
+Lines on stdout: ``READY <pid>`` once the manager is entered, ``LEADER
+<pid> <wall time>`` when it becomes leader, ``RUN <pid> <wall time>`` at
+each gated run, ``EXIT <pid>`` after a graceful stop.
 """
 
 from __future__ import annotations
@@ -51,11 +52,19 @@ async def main(args: argparse.Namespace) -> None:
     gated.__qualname__ = gated.__name__ = "gated"
     manager.interval(seconds=args.interval, leader=leader, name="gated")(gated)
 
+    async def report_leadership() -> None:
+        while True:
+            await leader.wait_for_leader()
+            say(f"LEADER {PID} {time.time():.6f}")
+            await leader.wait_lose_leader()
+
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with manager:
+        reporter = asyncio.ensure_future(report_leadership())
         say(f"READY {PID}")
         await stop.wait()
+        reporter.cancel()
     say(f"EXIT {PID}")
     await backend.__aexit__(None, None, None)
 
