@@ -88,7 +88,9 @@ def _count_pipelines(cls: Any) -> None:
     async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
         for command in self.command_stack:
             COUNTS["commands"] += 1
-            kind = _kind(command.args, False)
+            # redis-py keeps (args, options) pairs (older versions objects).
+            sent = command[0] if isinstance(command, tuple) else command.args
+            kind = _kind(sent, False)
             KINDS[kind] = KINDS.get(kind, 0) + 1
         return await original(self, *args, **kwargs)
 

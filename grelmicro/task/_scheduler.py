@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import logging
 from collections.abc import Awaitable, Callable
@@ -11,9 +12,14 @@ import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from grelmicro.sync import _burst as burst
 from grelmicro.task._interval import IntervalTask
 
 logger = logging.getLogger("grelmicro.task")
+
+#: At most this late (and at most a twentieth of the task's interval), a
+#: coordinated attempt joins the attempts due just before it.
+COALESCE_SECONDS = 0.03
 
 
 class IntervalScheduler:
@@ -43,6 +49,8 @@ class IntervalScheduler:
         self._running: dict[IntervalTask, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        #: Start times of upcoming coordinated attempts (sorted).
+        self._slots: list[float] = []
 
     @property
     def name(self) -> str:
@@ -94,9 +102,15 @@ class IntervalScheduler:
         # Never early: a task due at t must not start before t (a TaskLock
         # hold ends exactly then, and starting before would skip a period).
         now = loop.time()
+        coordinated = 0
         while heap and heap[0][0] <= now:
             task = heapq.heappop(heap)[2]
             running[task] = create_task(run(task))
+            if task.task_lock is not None or task.leader is not None:
+                coordinated += 1
+        if coordinated > 1:
+            # Their first backend calls, all in the next turn, go out together.
+            burst.begin(loop)
         self._schedule_timer()
 
     async def _run(self, task: IntervalTask) -> None:
@@ -110,9 +124,35 @@ class IntervalScheduler:
             if not self._closing:
                 self._reschedule(task)
 
+    def _join_slot(self, due: float, interval: float, now: float) -> float:
+        """A coordinated attempt's start: `due`, or a slot taken just after it.
+
+        Coordinated attempts (TaskLock, leader) that fall due within a short
+        window of one another start together, at the window's end: in one
+        event-loop turn, so their backend calls go out in one round trip
+        (see the Redis backend's batching; NATS flushes them in one write).
+        Never early; at most `COALESCE_SECONDS` (or a twentieth of the
+        interval) late. Attempts that ended together stay together.
+        """
+        slots = self._slots
+        while slots and slots[0] < now:
+            del slots[0]
+        window = min(COALESCE_SECONDS, interval / 20)
+        index = bisect.bisect_left(slots, due)
+        if index < len(slots) and slots[index] - due <= window:
+            return slots[index]
+        # A new slot, one window after the first attempt due: the attempts
+        # that end just after this one (answered a few milliseconds later)
+        # are due before it, and join it.
+        slot = due + window
+        slots.insert(index, slot)
+        return slot
+
     def _reschedule(self, task: IntervalTask) -> None:
         loop = self._loop
         due = loop.time() + task.interval
+        if task.task_lock is not None or task.leader is not None:
+            due = self._join_slot(due, task.interval, loop.time())
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, task))
         timer = self._timer

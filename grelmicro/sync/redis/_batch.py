@@ -2,7 +2,8 @@
 
 A lone call (nothing else in flight: the sequential lock cycle) is sent at
 once, exactly as a plain ``EVALSHA``: no added latency and no extra task.
-A call made while another call or batch is in flight is queued instead;
+A call made while another call or batch is in flight, or during a burst
+announced by the scheduler (`grelmicro.sync._burst`), is queued instead;
 the queue is sent at the end of the current event-loop turn, as one
 pipeline (one socket write, one round trip), and every caller gets its
 own answer from it. So a worker whose locked tasks fall due together pays
@@ -30,6 +31,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from grelmicro.sync import _burst as burst
 from grelmicro.sync.redis._connection import RedisClient
 from grelmicro.sync.redis._scripts import Script
 
@@ -70,13 +72,14 @@ class Batcher:
         self._queue: list[Call] = []
 
     def idle(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether nothing is in flight or queued on `loop` (send at once)."""
+        """Whether to send a call at once: nothing in flight or queued on
+        `loop`, and no burst of calls announced for this turn."""
         if self._loop is not loop:
             # Another event loop: the old one's calls are gone with it.
             self._loop = loop
             self._in_flight = 0
             self._queue = []
-        return self._in_flight == 0 and not self._queue
+        return self._in_flight == 0 and not self._queue and not burst.active(loop)
 
     def enter(self) -> None:
         """A call is sent at once (the caller sends it)."""

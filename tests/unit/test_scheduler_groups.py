@@ -1,0 +1,131 @@
+"""Coordinated attempts that fall due together start together (one turn).
+
+Their backend calls then go out in one round trip (Redis pipelines calls
+made in one turn; NATS flushes them in one write): see
+tests/integration/test_redis_batching.py for the wire side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import defaultdict
+
+import anyio
+import pytest
+
+from grelmicro.sync import MemorySyncBackend
+from grelmicro.sync import _burst as burst
+from grelmicro.task import TaskManager
+from grelmicro.task import _scheduler as scheduler
+
+pytestmark = pytest.mark.anyio
+
+INTERVAL = 0.2
+TASKS = 12
+
+
+async def test_coordinated_attempts_ending_apart_start_together() -> None:
+    """Runs that end up to 8 ms apart start their next attempts in one turn:
+    never early (the wait from each run's end is at least the interval), at
+    most the window late."""
+    backend = MemorySyncBackend(auto_register=False)
+    manager = TaskManager()
+    loop = asyncio.get_running_loop()
+    starts: dict[int, list[float]] = defaultdict(list)
+    ends: dict[int, list[float]] = defaultdict(list)
+    turns: dict[int, list[int]] = defaultdict(list)
+    turn = [0]
+
+    def count_turns() -> None:
+        turn[0] += 1
+        loop.call_soon(count_turns)
+
+    rng = random.Random(7)
+    for index in range(TASKS):
+
+        async def job(index: int = index) -> None:
+            starts[index].append(loop.time())
+            turns[index].append(turn[0])
+            await anyio.sleep(rng.uniform(0, 0.008))
+            ends[index].append(loop.time())
+
+        job.__name__ = job.__qualname__ = f"group_{index}"
+        manager.interval(
+            seconds=INTERVAL,
+            min_lock_seconds=0.01,
+            max_lock_seconds=1,
+            name=f"group-{index}",
+            backend=backend,
+        )(job)
+
+    loop.call_soon(count_turns)
+    async with manager:
+        await anyio.sleep(INTERVAL * 4.5)
+    window = min(scheduler.COALESCE_SECONDS, INTERVAL / 20)
+    for attempt in range(1, 4):
+        # All tasks' attempt number `attempt` started in one loop turn.
+        assert len({turns[i][attempt] for i in range(TASKS)}) == 1, attempt
+        for index in range(TASKS):
+            wait = starts[index][attempt] - ends[index][attempt - 1]
+            assert wait >= INTERVAL - 1e-6  # never early
+            # Late by at most the window (plus the other runs' spread and
+            # the loop's timer slack).
+            assert wait <= INTERVAL + window + 0.008 + 0.02
+
+
+async def test_local_attempts_are_not_delayed() -> None:
+    """Local tasks start right when due (no coalescing window)."""
+    manager = TaskManager()
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+    ends: list[float] = []
+
+    @manager.interval(seconds=INTERVAL)
+    async def local() -> None:
+        starts.append(loop.time())
+        ends.append(loop.time())
+
+    async with manager:
+        await anyio.sleep(INTERVAL * 3.5)
+    waits = [b - a for a, b in zip(ends, starts[1:], strict=False)]
+    assert waits
+    assert all(INTERVAL - 1e-6 <= wait < INTERVAL + 0.015 for wait in waits)
+
+
+async def test_a_group_of_coordinated_attempts_announces_a_burst() -> None:
+    """The scheduler marks the turn its coordinated attempts make their first
+    calls in; a single attempt does not (it is sent at once)."""
+    backend = MemorySyncBackend(auto_register=False)
+    loop = asyncio.get_running_loop()
+    seen: dict[str, list[bool]] = defaultdict(list)
+    original = backend.acquire_fenced
+
+    async def acquire_fenced(*, name: str, token: str, duration: float):  # type: ignore[no-untyped-def]
+        seen[name].append(burst.active(loop))
+        return await original(name=name, token=token, duration=duration)
+
+    backend.acquire_fenced = acquire_fenced  # type: ignore[method-assign]
+
+    async def run(count: int) -> dict[str, list[bool]]:
+        seen.clear()
+        manager = TaskManager()
+        for index in range(count):
+
+            async def job() -> None:
+                return None
+
+            job.__name__ = job.__qualname__ = f"burst_{count}_{index}"
+            manager.interval(
+                seconds=5, max_lock_seconds=10, name=job.__name__, backend=backend
+            )(job)
+        async with manager:
+            await anyio.sleep(0.05)
+        return dict(seen)
+
+    grouped = await run(5)
+    assert len(grouped) == 5
+    assert all(calls == [True] for calls in grouped.values())
+    single = await run(1)
+    assert list(single.values()) == [[False]]
+    assert not burst.active(loop)  # over with its turn
