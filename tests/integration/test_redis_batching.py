@@ -14,6 +14,7 @@ from uuid import uuid4
 import pytest
 from redis.asyncio import Redis
 
+from grelmicro.sync import _burst as burst
 from grelmicro.sync.redis import RedisSyncBackend, RedisSyncBackendError
 
 pytestmark = pytest.mark.anyio
@@ -146,3 +147,28 @@ async def test_batches_survive_a_script_flush(
     await raw.script_flush()
     released = await asyncio.gather(*(backend.release(name=k, token="a") for k in keys))
     assert released == [True] * 20
+
+
+async def test_calls_made_in_a_burst_all_go_together(
+    backend: RedisSyncBackend, raw: Redis
+) -> None:
+    """During a burst announced by the scheduler even the first call queues:
+    the whole group is one round trip (and each gets its own answer)."""
+    keys = names(CALLS)
+    warm = names(2)
+    await asyncio.gather(*(backend.locked(name=k) for k in warm))
+    await asyncio.gather(
+        *(backend.acquire(name=k, token="w", duration=1) for k in warm)
+    )
+    loop = asyncio.get_running_loop()
+    before = await reads(raw)
+    calls = [
+        asyncio.ensure_future(backend.acquire(name=k, token="a", duration=30))
+        for k in keys
+    ]
+    burst.begin(loop)  # the calls' first steps run in the next turn
+    won = await asyncio.gather(*calls)
+    after = await reads(raw)
+    assert won == [True] * CALLS
+    # One read for the batch, one for the INFO.
+    assert after - before <= 2, after - before
