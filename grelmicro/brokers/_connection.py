@@ -150,10 +150,11 @@ def reset(broker: Any) -> None:
 class BrokerConnection:
     """An async client provider returning `broker`'s own connected client."""
 
-    __slots__ = ("_broker",)
+    __slots__ = ("_broker", "_state")
 
     def __init__(self, broker: Any) -> None:
         self._broker = broker
+        self._state = broker_state(broker)
 
     @property
     def broker(self) -> Any:
@@ -166,8 +167,9 @@ class BrokerConnection:
     async def __call__(self) -> Any:
         """The broker's client: `await broker.connect()` once it is safe to call."""
         broker = self._broker
-        state = broker_state(broker)
-        if is_connected(broker):
+        state = self._state
+        # Awaited before every backend call: the connected case is inline.
+        if getattr(broker, "running", False) or state.self_connected:
             state.seen_connected = True
             return await broker.connect()
         if state.seen_connected:
