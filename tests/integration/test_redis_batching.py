@@ -172,3 +172,20 @@ async def test_calls_made_in_a_burst_all_go_together(
     assert won == [True] * CALLS
     # One read for the batch, one for the INFO.
     assert after - before <= 2, after - before
+
+
+async def test_calls_are_applied_in_the_order_they_were_made(
+    backend: RedisSyncBackend, raw: Redis
+) -> None:
+    """A release made while its acquisition is in flight is applied after it:
+    one call or batch in flight per backend, in order (repeated: a race
+    between two connections would lose some)."""
+    for (key,) in (names(1) for _ in range(50)):
+        acquiring = asyncio.ensure_future(
+            backend.acquire(name=key, token="a", duration=30)
+        )
+        await asyncio.sleep(0)  # sent, in flight
+        releasing = asyncio.ensure_future(backend.release(name=key, token="a"))
+        assert await acquiring
+        assert await releasing
+        assert not await raw.exists(key)
