@@ -217,7 +217,8 @@ class IntervalTask:
         self.sync = sync
         self.cancel_on_loss = cancel_on_loss
         self._is_async = is_async_callable(function)
-        self._call = prepare_call(function, name=name)
+        #: The function as a no-argument async callable (one call per run).
+        self.call: Callable[[], Awaitable[Any]] = prepare_call(function, name=name)
         self._errors = SyncErrorLog(name)
         self.local = task_lock is None and leader is None and sync is None
         #: One attempt for the scheduler.
@@ -252,7 +253,7 @@ class IntervalTask:
             else None
         )
         try:
-            await self._call()
+            await self.call()
         except Exception as exc:
             logger.exception("Task execution error: %s", self._name)
             if recorder is not None:
@@ -464,7 +465,7 @@ class IntervalTask:
         outcome: str | None = "success"
         error: BaseException | None = None
         try:
-            await self._call()
+            await self.call()
         except Exception as exc:
             outcome, error = "error", exc
             logger.exception("Task execution error: %s", self._name)

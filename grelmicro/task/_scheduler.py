@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
+import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from heapq import heappop, heappush
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from grelmicro import _metrics
 from grelmicro.task._interval import IntervalTask
+from grelmicro.task._run import Run, set_current_run
 
 logger = logging.getLogger("grelmicro.task")
 
@@ -25,6 +29,11 @@ class IntervalScheduler:
     semantics are those of `IntervalTask.__call__` (one attempt at a time per
     task, the wait measured from the end of an attempt), at a fraction of the
     CPU and memory for thousands of tasks.
+
+    The heap holds `(due, index)` pairs of plain numbers: the garbage
+    collector stops tracking them at once, so the thousands of entries that
+    live one interval each never reach its oldest generation (whose full
+    collections would otherwise pause the loop every few seconds).
     """
 
     def __init__(
@@ -38,10 +47,10 @@ class IntervalScheduler:
         #: `TaskManager(broker=...)` waits there for the app to connect its
         #: broker, so a first run that publishes does not fail.
         self._ready = ready
-        self._heap: list[tuple[float, int, IntervalTask]] = []
-        self._seq = 0
-        self._running: dict[IntervalTask, asyncio.Task[None]] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._running: dict[int, asyncio.Task[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._closing = False
 
     @property
@@ -55,6 +64,10 @@ class IntervalScheduler:
         """Fire the tasks until cancelled, then cancel and await running attempts."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        # The attempts start from this context (a copy per attempt): they see
+        # what the scheduler's task sees (the manager's broker backend), never
+        # what an earlier attempt set.
+        self._context = contextvars.copy_context()
         self._closing = False
         self._heap = []
         task_status.started()
@@ -62,8 +75,8 @@ class IntervalScheduler:
             if self._ready is not None:
                 await self._ready()
             now = loop.time()
-            self._heap = [(now, i, task) for i, task in enumerate(self._tasks)]
-            self._seq = len(self._tasks)
+            # Sorted, hence already a heap.
+            self._heap = [(now, index) for index in range(len(self._tasks))]
             self._schedule_timer()
             await anyio.sleep_forever()
         finally:
@@ -81,42 +94,64 @@ class IntervalScheduler:
     def _schedule_timer(self) -> None:
         heap = self._heap
         if heap:
-            self._timer = self._loop.call_at(heap[0][0], self._fire)
+            when = heap[0][0]
+            self._timer_at = when
+            self._timer = self._loop.call_at(when, self._fire, context=self._context)
         else:
+            self._timer_at = float("inf")
             self._timer = None
 
     def _fire(self) -> None:
         loop = self._loop
         heap = self._heap
+        tasks = self._tasks
         running = self._running
         create_task = loop.create_task
         run = self._run
+        # Checked once per batch: without metrics a local run needs no hooks.
+        run_local = self._run if _metrics.ENABLED.on else self._run_local
         # Never early: a task due at t must not start before t (a TaskLock
         # hold ends exactly then, and starting before would skip a period).
         now = loop.time()
         while heap and heap[0][0] <= now:
-            task = heapq.heappop(heap)[2]
-            running[task] = create_task(run(task))
+            index = heappop(heap)[1]
+            task = tasks[index]
+            running[index] = create_task(
+                run_local(index, task) if task.local else run(index, task)
+            )
         self._schedule_timer()
 
-    async def _run(self, task: IntervalTask) -> None:
+    async def _run_local(self, index: int, task: IntervalTask) -> None:
+        """One run of a local task (no coordination, no metrics), then the
+        next one `interval` after its end: one coroutine for the whole run."""
+        try:
+            # The attempt's own task: its context dies with it, no reset.
+            set_current_run(Run(name=task.name, scheduled_at=time.time()))
+            await task.call()
+        except Exception:
+            logger.exception("Task execution error: %s", task.name)
+        finally:
+            del self._running[index]
+            if not self._closing:
+                self._reschedule(index, task.interval)
+
+    async def _run(self, index: int, task: IntervalTask) -> None:
         """One attempt, then schedule the next one `interval` after its end."""
         try:
             await task.attempt_once()
         except Exception:
             logger.exception("Task execution error: %s", task.name)
         finally:
-            del self._running[task]
+            del self._running[index]
             if not self._closing:
-                self._reschedule(task)
+                self._reschedule(index, task.interval)
 
-    def _reschedule(self, task: IntervalTask) -> None:
-        loop = self._loop
-        due = loop.time() + task.interval
-        self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, task))
-        timer = self._timer
-        if timer is None or due < timer.when():
+    def _reschedule(self, index: int, interval: float) -> None:
+        due = self._loop.time() + interval
+        heappush(self._heap, (due, index))
+        if due < self._timer_at:
+            timer = self._timer
             if timer is not None:
                 timer.cancel()
-            self._timer = loop.call_at(due, self._fire)
+            self._timer_at = due
+            self._timer = self._loop.call_at(due, self._fire, context=self._context)
