@@ -19,6 +19,14 @@ from grelmicro.task._run import Run, set_current_run
 
 logger = logging.getLogger("grelmicro.task")
 
+#: Attempts started per event-loop turn at most, once running: when more are
+#: due, the rest start on the next turn, after the first ones ran. Thousands of
+#: tasks on one interval fall due together; in small batches the attempts in
+#: flight stay few (their short-lived objects do not reach the garbage
+#: collector's oldest generation, whose full passes would pause the loop) and
+#: the loop serves I/O between batches. The first attempts all start at once.
+BATCH = 128
+
 
 class IntervalScheduler:
     """Runs many interval tasks from one timer heap.
@@ -49,7 +57,7 @@ class IntervalScheduler:
         self._ready = ready
         self._heap: list[tuple[float, int]] = []
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._timer_at = float("inf")
         self._closing = False
 
@@ -77,7 +85,7 @@ class IntervalScheduler:
             now = loop.time()
             # Sorted, hence already a heap.
             self._heap = [(now, index) for index in range(len(self._tasks))]
-            self._schedule_timer()
+            self._fire(len(self._heap))
             await anyio.sleep_forever()
         finally:
             self._closing = True
@@ -101,7 +109,7 @@ class IntervalScheduler:
             self._timer_at = float("inf")
             self._timer = None
 
-    def _fire(self) -> None:
+    def _fire(self, limit: int = BATCH) -> None:
         loop = self._loop
         heap = self._heap
         tasks = self._tasks
@@ -114,6 +122,11 @@ class IntervalScheduler:
         # hold ends exactly then, and starting before would skip a period).
         now = loop.time()
         while heap and heap[0][0] <= now:
+            if not limit:  # the rest on the next turn, after these ran
+                self._timer_at = now
+                self._timer = loop.call_soon(self._fire, context=self._context)
+                return
+            limit -= 1
             index = heappop(heap)[1]
             task = tasks[index]
             running[index] = create_task(
