@@ -309,11 +309,17 @@ async def _start_all(
     ready: Callable[[], Awaitable[None]] | None,
 ) -> None:
     """Start the interval tasks on one shared scheduler, the others on their
-    own; return once each has called `task_status.started()`."""
-    interval_tasks = [task for task in tasks if type(task) is IntervalTask]
+    own; return once each has called `task_status.started()`.
+
+    The others start first: the leader elections the interval tasks use are
+    running (they wait for the first answer) when the first attempts come.
+    """
+    interval_tasks: list[IntervalTask] = []
+    for task in tasks:
+        if type(task) is IntervalTask:
+            interval_tasks.append(task)
+        else:
+            await group.start(task, name=f"grelmicro-task:{task.name}")
     if interval_tasks:
         scheduler = IntervalScheduler(interval_tasks, ready=ready)
         await group.start(scheduler, name=scheduler.name)
-    for task in tasks:
-        if type(task) is not IntervalTask:
-            await group.start(task, name=f"grelmicro-task:{task.name}")
