@@ -59,7 +59,10 @@ SYNC_STOP_TIMEOUT = 5.0
 
 
 def prepare_call(
-    function: Callable[..., Any], *, name: str | None = None
+    function: Callable[..., Any],
+    *,
+    name: str | None = None,
+    is_async: bool | None = None,
 ) -> Callable[[], Awaitable[Any]]:
     """Build a no-argument async callable that runs `function`.
 
@@ -67,13 +70,14 @@ def prepare_call(
     runs in a worker thread so it never blocks the event loop. When the run
     is cancelled (the manager stops), the thread is waited for at most
     `SYNC_STOP_TIMEOUT` seconds, then abandoned with a WARNING naming the task.
+    `is_async` is `is_async_callable(function)` when the caller knows it.
     """
     target: Callable[..., Any] = function
     if _has_parameters(function):
         from fast_depends import inject  # imported on first use: it is heavy
 
         target = inject(function)
-    if is_async_callable(function):
+    if is_async if is_async is not None else is_async_callable(function):
         return cast("Callable[[], Awaitable[Any]]", target)
     task_name = name or default_task_name(function)
 
@@ -216,15 +220,14 @@ class IntervalTask:
         self.leader = leader
         self.sync = sync
         self.cancel_on_loss = cancel_on_loss
-        self._is_async = is_async_callable(function)
+        self._is_async = is_async = is_async_callable(function)
         #: The function as a no-argument async callable (one call per run).
-        self.call: Callable[[], Awaitable[Any]] = prepare_call(function, name=name)
-        self._errors = SyncErrorLog(name)
-        self.local = task_lock is None and leader is None and sync is None
-        #: One attempt for the scheduler.
-        self.attempt_once: Callable[[], Awaitable[Any]] = (
-            self._run_local if self.local else self.attempt
+        self.call: Callable[[], Awaitable[Any]] = prepare_call(
+            function, name=name, is_async=is_async
         )
+        self._errors = SyncErrorLog(name)
+        #: No coordination: the task runs on every worker.
+        self.local = task_lock is None and leader is None and sync is None
 
     @property
     def name(self) -> str:
@@ -233,6 +236,10 @@ class IntervalTask:
 
     def __repr__(self) -> str:
         return f"IntervalTask(name={self._name!r}, interval={self.interval!r})"
+
+    def attempt_once(self) -> Awaitable[None]:
+        """One attempt for the scheduler: a local run, or the guarded attempt."""
+        return self._run_local() if self.local else self.attempt()
 
     async def __call__(
         self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED

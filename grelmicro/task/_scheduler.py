@@ -7,6 +7,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from heapq import heappop, heappush
 
 import anyio
@@ -114,7 +115,13 @@ class IntervalScheduler:
         heap = self._heap
         tasks = self._tasks
         running = self._running
-        create_task = loop.create_task
+        # Without a task factory, the tasks are built directly (what
+        # loop.create_task would do, minus its checks per call).
+        create_task = (
+            partial(asyncio.Task, loop=loop)
+            if loop.get_task_factory() is None
+            else loop.create_task
+        )
         run = self._run
         # Checked once per batch: without metrics a local run needs no hooks.
         run_local = self._run if _metrics.ENABLED.on else self._run_local
