@@ -20,12 +20,14 @@ from grelmicro.task._run import Run, set_current_run
 
 logger = logging.getLogger("grelmicro.task")
 
-#: Attempts started per event-loop turn at most, once running: when more are
-#: due, the rest start on the next turn, after the first ones ran. Thousands of
-#: tasks on one interval fall due together; in small batches the attempts in
-#: flight stay few (their short-lived objects do not reach the garbage
-#: collector's oldest generation, whose full passes would pause the loop) and
-#: the loop serves I/O between batches. The first attempts all start at once.
+#: Attempts started per event-loop turn at most: when more are due, the rest
+#: start on the next turn, after these ran. Thousands of tasks on one interval
+#: fall due together (at start-up too); in small batches the loop serves I/O
+#: between them, the attempts in flight stay few (their short-lived objects do
+#: not reach the garbage collector's oldest generation, whose full passes would
+#: pause the loop), and the first runs start at the pace of the later ones (were
+#: they all started in one turn, the second runs would fall due faster than
+#: they can start, and start late).
 BATCH = 128
 
 
@@ -86,7 +88,7 @@ class IntervalScheduler:
             now = loop.time()
             # Sorted, hence already a heap.
             self._heap = [(now, index) for index in range(len(self._tasks))]
-            self._fire(len(self._heap))
+            self._fire()
             await anyio.sleep_forever()
         finally:
             self._closing = True
