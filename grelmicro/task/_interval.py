@@ -119,8 +119,14 @@ _VARIADIC = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
 
 
 def _has_parameters(function: Callable[..., Any]) -> bool:
-    code = getattr(function, "__code__", None)
-    if code is not None and not inspect.ismethod(function):
+    code: Any = (
+        function.__code__  # the common case, without inspect
+        if type(function) is FunctionType
+        else None
+        if inspect.ismethod(function)
+        else getattr(function, "__code__", None)
+    )
+    if code is not None:
         return bool(
             code.co_argcount or code.co_kwonlyargcount or code.co_flags & _VARIADIC
         )
@@ -225,7 +231,7 @@ class IntervalTask:
         self.call: Callable[[], Awaitable[Any]] = prepare_call(
             function, name=name, is_async=is_async
         )
-        self._errors = SyncErrorLog(name)
+        self._errors: SyncErrorLog | None = None  # built by the first guarded attempt
         #: No coordination: the task runs on every worker.
         self.local = task_lock is None and leader is None and sync is None
 
@@ -236,6 +242,13 @@ class IntervalTask:
 
     def __repr__(self) -> str:
         return f"IntervalTask(name={self._name!r}, interval={self.interval!r})"
+
+    @property
+    def _sync_errors(self) -> SyncErrorLog:
+        errors = self._errors
+        if errors is None:
+            errors = self._errors = SyncErrorLog(self._name)
+        return errors
 
     def attempt_once(self) -> Awaitable[None]:
         """One attempt for the scheduler: a local run, or the guarded attempt."""
@@ -311,9 +324,9 @@ class IntervalTask:
                     with anyio.CancelScope(shield=True):
                         await task_lock.release()
         except SyncBackendError as exc:
-            self._errors.error(exc)
+            self._sync_errors.error(exc)
         else:
-            self._errors.recovered()
+            self._sync_errors.recovered()
 
     async def _supervised(self, task_lock: TaskLock | None) -> None:
         """Run under supervision: keep the task lock, watch leadership."""
@@ -400,7 +413,7 @@ class IntervalTask:
                 try:
                     extended = await asyncio.shield(extension)
                 except SyncBackendError as exc:
-                    self._errors.error(exc)
+                    self._sync_errors.error(exc)
             if extended is False:
                 self._lost(
                     run,
