@@ -16,7 +16,7 @@ from anyio.abc import TaskStatus
 
 from grelmicro import _metrics
 from grelmicro.task._interval import IntervalTask
-from grelmicro.task._run import Run, set_current_run
+from grelmicro.task._run import enter_local_run
 
 logger = logging.getLogger("grelmicro.task")
 
@@ -147,15 +147,24 @@ class IntervalScheduler:
         """One run of a local task (no coordination, no metrics), then the
         next one `interval` after its end: one coroutine for the whole run."""
         try:
-            # The attempt's own task: its context dies with it, no reset.
-            set_current_run(Run(name=task.name, scheduled_at=time.time()))
+            enter_local_run(task.name, time.time())  # in its own task
             await task.call()
         except Exception:
             logger.exception("Task execution error: %s", task.name)
         finally:
             del self._running[index]
             if not self._closing:
-                self._reschedule(index, task.interval)
+                # `_reschedule`, inlined: this runs 10,000 times a second
+                # with 10,000 tasks on a 1 s interval.
+                loop = self._loop
+                due = loop.time() + task.interval
+                heappush(self._heap, (due, index))
+                if due < self._timer_at:
+                    timer = self._timer
+                    if timer is not None:
+                        timer.cancel()
+                    self._timer_at = due
+                    self._timer = loop.call_at(due, self._fire, context=self._context)
 
     async def _run(self, index: int, task: IntervalTask) -> None:
         """One attempt, then schedule the next one `interval` after its end."""

@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from grelmicro.task import TaskManager, current_run
+from grelmicro.task import Run, TaskManager, current_run
+from grelmicro.task._run import enter_local_run
 from grelmicro.task._scheduler import BATCH
 
 pytestmark = pytest.mark.anyio
@@ -140,3 +141,17 @@ async def test_stop_cancels_a_running_local_run_and_no_run_follows() -> None:
         await manager.stop()
     assert cancelled
     assert runs == 1
+
+
+def test_enter_local_run_builds_the_same_run_as_the_constructor() -> None:
+    def inside() -> tuple[Run, Run]:
+        enter_local_run("job", 1_700_000_000.5)
+        return current_run(), Run(name="job", scheduled_at=1_700_000_000.5)
+
+    fast, built = contextvars.copy_context().run(inside)
+    for slot in Run.__slots__:
+        assert getattr(fast, slot) == getattr(built, slot), slot
+    assert fast.scheduled_at == built.scheduled_at
+    assert repr(fast) == repr(built)
+    fast.mark_lost()
+    assert fast.lost
