@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -155,3 +156,47 @@ def test_enter_local_run_builds_the_same_run_as_the_constructor() -> None:
     assert repr(fast) == repr(built)
     fast.mark_lost()
     assert fast.lost
+
+
+async def _runs_twice_each_with(factory: object) -> None:
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        manager = TaskManager()
+        runs = {"a": 0, "b": 0}
+
+        @manager.interval(seconds=0.01, name="a")
+        async def a() -> None:
+            runs["a"] += 1
+
+        @manager.interval(seconds=0.01, name="b")
+        async def b() -> None:
+            runs["b"] += 1
+            await asyncio.sleep(0)
+
+        async with manager:
+            with anyio.fail_after(5):
+                while min(runs.values()) < 3:
+                    await anyio.sleep(0.01)
+    finally:
+        loop.set_task_factory(previous)
+
+
+async def test_local_tasks_run_under_a_task_factory() -> None:
+    built: list[object] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        built.append(task)
+        return task
+
+    await _runs_twice_each_with(factory)
+    assert len(built) >= 6  # the attempts went through the factory
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="Python 3.12+")
+async def test_local_tasks_run_again_under_an_eager_task_factory() -> None:
+    # An eager factory runs a run that never waits to its end inside
+    # create_task: it is due again all the same.
+    await _runs_twice_each_with(asyncio.eager_task_factory)  # type: ignore[attr-defined]
