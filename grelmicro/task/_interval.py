@@ -59,7 +59,10 @@ SYNC_STOP_TIMEOUT = 5.0
 
 
 def prepare_call(
-    function: Callable[..., Any], *, name: str | None = None
+    function: Callable[..., Any],
+    *,
+    name: str | None = None,
+    is_async: bool | None = None,
 ) -> Callable[[], Awaitable[Any]]:
     """Build a no-argument async callable that runs `function`.
 
@@ -67,13 +70,14 @@ def prepare_call(
     runs in a worker thread so it never blocks the event loop. When the run
     is cancelled (the manager stops), the thread is waited for at most
     `SYNC_STOP_TIMEOUT` seconds, then abandoned with a WARNING naming the task.
+    `is_async` is `is_async_callable(function)` when the caller knows it.
     """
     target: Callable[..., Any] = function
     if _has_parameters(function):
         from fast_depends import inject  # imported on first use: it is heavy
 
         target = inject(function)
-    if is_async_callable(function):
+    if is_async if is_async is not None else is_async_callable(function):
         return cast("Callable[[], Awaitable[Any]]", target)
     task_name = name or default_task_name(function)
 
@@ -115,8 +119,14 @@ _VARIADIC = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
 
 
 def _has_parameters(function: Callable[..., Any]) -> bool:
-    code = getattr(function, "__code__", None)
-    if code is not None and not inspect.ismethod(function):
+    code: Any = (
+        function.__code__  # the common case, without inspect
+        if type(function) is FunctionType
+        else None
+        if inspect.ismethod(function)
+        else getattr(function, "__code__", None)
+    )
+    if code is not None:
         return bool(
             code.co_argcount or code.co_kwonlyargcount or code.co_flags & _VARIADIC
         )
@@ -216,14 +226,14 @@ class IntervalTask:
         self.leader = leader
         self.sync = sync
         self.cancel_on_loss = cancel_on_loss
-        self._is_async = is_async_callable(function)
-        self._call = prepare_call(function, name=name)
-        self._errors = SyncErrorLog(name)
-        self.local = task_lock is None and leader is None and sync is None
-        #: One attempt for the scheduler.
-        self.attempt_once: Callable[[], Awaitable[Any]] = (
-            self._run_local if self.local else self.attempt
+        self._is_async = is_async = is_async_callable(function)
+        #: The function as a no-argument async callable (one call per run).
+        self.call: Callable[[], Awaitable[Any]] = prepare_call(
+            function, name=name, is_async=is_async
         )
+        self._errors: SyncErrorLog | None = None  # built by the first guarded attempt
+        #: No coordination: the task runs on every worker.
+        self.local = task_lock is None and leader is None and sync is None
 
     @property
     def name(self) -> str:
@@ -232,6 +242,17 @@ class IntervalTask:
 
     def __repr__(self) -> str:
         return f"IntervalTask(name={self._name!r}, interval={self.interval!r})"
+
+    @property
+    def _sync_errors(self) -> SyncErrorLog:
+        errors = self._errors
+        if errors is None:
+            errors = self._errors = SyncErrorLog(self._name)
+        return errors
+
+    def attempt_once(self) -> Awaitable[None]:
+        """One attempt for the scheduler: a local run, or the guarded attempt."""
+        return self._run_local() if self.local else self.attempt()
 
     async def __call__(
         self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
@@ -252,7 +273,7 @@ class IntervalTask:
             else None
         )
         try:
-            await self._call()
+            await self.call()
         except Exception as exc:
             logger.exception("Task execution error: %s", self._name)
             if recorder is not None:
@@ -303,9 +324,9 @@ class IntervalTask:
                     with anyio.CancelScope(shield=True):
                         await task_lock.release()
         except SyncBackendError as exc:
-            self._errors.error(exc)
+            self._sync_errors.error(exc)
         else:
-            self._errors.recovered()
+            self._sync_errors.recovered()
 
     async def _supervised(self, task_lock: TaskLock | None) -> None:
         """Run under supervision: keep the task lock, watch leadership."""
@@ -392,7 +413,7 @@ class IntervalTask:
                 try:
                     extended = await asyncio.shield(extension)
                 except SyncBackendError as exc:
-                    self._errors.error(exc)
+                    self._sync_errors.error(exc)
             if extended is False:
                 self._lost(
                     run,
@@ -464,7 +485,7 @@ class IntervalTask:
         outcome: str | None = "success"
         error: BaseException | None = None
         try:
-            await self._call()
+            await self.call()
         except Exception as exc:
             outcome, error = "error", exc
             logger.exception("Task execution error: %s", self._name)

@@ -264,11 +264,17 @@ STOP_TIMEOUT = 15.0
 
 def _missing_leaders(tasks: list[Task]) -> list[LeaderElection]:
     """Leader elections used by interval tasks but neither added nor running."""
+    leaders = [
+        task.leader
+        for task in tasks
+        if isinstance(task, IntervalTask) and task.leader is not None
+    ]
+    if not leaders:
+        return []
     present = {id(task) for task in tasks}
     missing: list[LeaderElection] = []
-    for task in tasks:
-        leader = task.leader if isinstance(task, IntervalTask) else None
-        if leader is not None and id(leader) not in present and not leader.running:
+    for leader in leaders:
+        if id(leader) not in present and not leader.running:
             present.add(id(leader))
             missing.append(leader)
     return missing
@@ -294,6 +300,8 @@ def _check_backends(tasks: list[Task]) -> None:
     """
     loaded = bool(loaded_backends()) or scoped_backend() is not None
     for task in tasks:
+        if isinstance(task, IntervalTask) and task.local:
+            continue  # no primitive, no backend
         if getattr(task, "needs_default_backend", False) and not loaded:
             raise BackendNotLoadedError(f"task {task.name!r}")
         for primitive in _primitives_of(task):
@@ -309,11 +317,17 @@ async def _start_all(
     ready: Callable[[], Awaitable[None]] | None,
 ) -> None:
     """Start the interval tasks on one shared scheduler, the others on their
-    own; return once each has called `task_status.started()`."""
-    interval_tasks = [task for task in tasks if type(task) is IntervalTask]
+    own; return once each has called `task_status.started()`.
+
+    The others start first: the leader elections the interval tasks use are
+    running (they wait for the first answer) when the first attempts come.
+    """
+    interval_tasks: list[IntervalTask] = []
+    for task in tasks:
+        if type(task) is IntervalTask:
+            interval_tasks.append(task)
+        else:
+            await group.start(task, name=f"grelmicro-task:{task.name}")
     if interval_tasks:
         scheduler = IntervalScheduler(interval_tasks, ready=ready)
         await group.start(scheduler, name=scheduler.name)
-    for task in tasks:
-        if type(task) is not IntervalTask:
-            await group.start(task, name=f"grelmicro-task:{task.name}")
