@@ -66,7 +66,17 @@ def clean_env() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}
+        if k
+        not in {
+            "VIRTUAL_ENV",
+            "PYTHONPATH",
+            "PYTHONHOME",
+            "PYTHONSTARTUP",
+            # Workers write and reuse bytecode, as deployed services do:
+            # without it every worker compiles its imports from source, and
+            # start-up figures measure the compiler.
+            "PYTHONDONTWRITEBYTECODE",
+        }
         and not k.startswith("OTEL_")  # no OpenTelemetry set-up leaking in
     }
     env["PYTHONUNBUFFERED"] = "1"
