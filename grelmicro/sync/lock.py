@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from types import ModuleType, TracebackType
@@ -205,8 +206,24 @@ class Lock(Primitive):
         traceback: TracebackType | None,
     ) -> None:
         """Release the lock (even when the block is cancelled)."""
-        with anyio.CancelScope(shield=True):
-            await self.do_release(self._task_token())
+        token = self._task_token()
+        if exc_type is not None:
+            with anyio.CancelScope(shield=True):
+                await self.do_release(token)
+            return
+        # The common exit costs no cancel scope: a release interrupted by a
+        # cancellation is made again, shielded, before the cancellation goes
+        # on (the first one may have been applied: owner-only, it then
+        # answers "not owned", which is not an error here).
+        try:
+            await self.do_release(token)
+        except asyncio.CancelledError:
+            with (
+                anyio.CancelScope(shield=True),
+                contextlib.suppress(LockNotOwnedError),
+            ):
+                await self.do_release(token)
+            raise
 
     async def acquire(self) -> None:
         """Wait until the lock is free, then take it.

@@ -282,3 +282,54 @@ async def test_waiting_lock_wakes_on_release(backend: MemorySyncBackend) -> None
             await waiter.acquire()
         acquired_at = time.monotonic()
     assert acquired_at - released_at < 0.5  # not the 5 s retry_interval
+
+
+class SlowReleaseBackend(MemorySyncBackend):
+    """Releases take `delay` seconds after being applied (a late answer)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.releases = 0
+
+    async def release(self, *, name: str, token: str) -> bool:
+        released = await super().release(name=name, token=token)
+        self.releases += 1
+        await anyio.sleep(self.delay)
+        return released
+
+
+async def test_lock_exit_cancelled_mid_release_still_releases() -> None:
+    """The scope is cancelled while the exit's release waits for its answer:
+    the release is made again, shielded (the first one was applied: "not
+    owned" is no error then), and the cancellation goes on."""
+    backend = SlowReleaseBackend(delay=0.2)
+    lock = Lock("res", backend=backend, lease_duration=60)
+    with anyio.CancelScope() as scope:
+        async with lock:
+            scope.deadline = anyio.current_time() + 0.05
+        pytest.fail("the exit must raise the cancellation")  # pragma: no cover
+    assert scope.cancelled_caught
+    assert not await backend.locked(name="lock:res")
+    assert backend.releases == 2
+    assert lock.fencing_token is None
+    # Usable again at once.
+    async with lock:
+        assert await lock.owned()
+
+
+async def test_lock_exit_after_an_error_is_shielded_and_keeps_the_error() -> None:
+    backend = SlowReleaseBackend(delay=0.1)
+    lock = Lock("res", backend=backend, lease_duration=60)
+
+    async def body() -> None:
+        with anyio.CancelScope() as scope:
+            async with lock:
+                scope.deadline = anyio.current_time() + 0.02
+                msg = "body"
+                raise ValueError(msg)
+
+    with pytest.raises(ValueError, match="body"):
+        await body()
+    assert not await backend.locked(name="lock:res")
+    assert backend.releases == 1
