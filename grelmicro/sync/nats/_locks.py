@@ -17,6 +17,16 @@ it sent the write, so it gives the lease up before any other worker can
 take it. No server timestamp is compared with any clock: a stream-leader
 change in a cluster (the next server's clock) cannot shorten a lease.
 
+**A loser learns it lost from its failed write.** The failure names the
+key's last sequence. When it is newer than any this backend saw, and the
+last holding it knew had ended, another worker took the key:
+`acquire_fenced` answers busy with that holding's lease as the estimate,
+without reading the entry (an *unread* entry, `Known.seen`). The entry is
+read only if it is still there at the next attempt (it may be held longer,
+or be a release marker), except just past its estimated end, where the
+server's TTL is left to remove it (`EXPIRY_LAG`). A takeover is never
+based on an estimate: only on a lease read from the entry.
+
 The sequence of the write that took the lock is its fencing token; an
 extension carries it in the ``Grelmicro-Fence`` header, so a holder reads
 back the same token as long as its holding lasts without a gap.
