@@ -214,33 +214,36 @@ class _Deadlines:
 
     `asyncio.timeout` costs a timer handle per call (scheduled, then
     cancelled: most calls last a millisecond against a deadline seconds
-    away). Here a call costs a set insertion and removal; the one timer
-    fires at the earliest deadline, cancels the calls past theirs the way
-    `asyncio.timeout` does, and is set again for the next one.
+    away). Here a call costs a set insertion and removal; a timer fires at
+    the earliest deadline, cancels the calls past theirs the way
+    `asyncio.timeout` does, and is set again for the next one. Nothing here
+    refers to the loop (only weakly): a closed loop is not kept alive.
     """
 
-    __slots__ = ("calls", "loop", "timer", "when")
+    __slots__ = ("calls", "loop", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop = weakref.ref(loop)
         self.calls: set[_Call] = set()
-        self.timer: asyncio.TimerHandle | None = None
+        #: When the earliest timer still pending fires (inf: none).
         self.when = math.inf
 
-    def start(self, task: asyncio.Task[Any], timeout: float) -> _Call:
-        call = _Call(task, self.loop.time() + timeout)
+    def start(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], timeout: float
+    ) -> _Call:
+        call = _Call(task, loop.time() + timeout)
         self.calls.add(call)
         if call.deadline < self.when:
-            if self.timer is not None:
-                self.timer.cancel()
+            # An earlier deadline than the pending timer's: one more timer
+            # (a later one that fires for nothing costs a scan).
             self.when = call.deadline
-            self.timer = self.loop.call_at(call.deadline, self._fire)
+            loop.call_at(call.deadline, self._fire, loop)
         return call
 
-    def _fire(self) -> None:
-        self.timer = None
-        self.when = math.inf
-        now = self.loop.time()
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        if now >= self.when:
+            self.when = math.inf
         for call in list(self.calls):
             if call.deadline <= now:
                 self.calls.discard(call)
@@ -248,8 +251,10 @@ class _Deadlines:
                     call.expired = True
                     call.task.cancel()
         if self.calls:
-            self.when = min(call.deadline for call in self.calls)
-            self.timer = self.loop.call_at(self.when, self._fire)
+            earliest = min(call.deadline for call in self.calls)
+            if earliest < self.when:
+                self.when = earliest
+                loop.call_at(earliest, self._fire, loop)
 
 
 _deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = (
@@ -260,7 +265,7 @@ _last_deadlines: list[_Deadlines | None] = [None]
 
 def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _Deadlines:
     deadlines = _last_deadlines[0]
-    if deadlines is None or deadlines.loop is not loop:
+    if deadlines is None or deadlines.loop() is not loop:
         deadlines = _deadlines.get(loop)
         if deadlines is None:
             deadlines = _deadlines[loop] = _Deadlines(loop)
@@ -296,8 +301,9 @@ async def bounded(
     if task is None:  # pragma: no cover - always inside a task under anyio
         async with asyncio.timeout(timeout):
             return await awaitable
-    deadlines = _deadlines_of(task.get_loop())
-    pending = deadlines.start(task, timeout)
+    loop = task.get_loop()
+    deadlines = _deadlines_of(loop)
+    pending = deadlines.start(loop, task, timeout)
     try:
         return await awaitable
     except asyncio.CancelledError:

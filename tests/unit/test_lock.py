@@ -333,3 +333,40 @@ async def test_lock_exit_after_an_error_is_shielded_and_keeps_the_error() -> Non
         await body()
     assert not await backend.locked(name="lock:res")
     assert backend.releases == 1
+
+
+async def test_backend_call_deadlines() -> None:
+    """A call past its timeout raises the primitive's error (caused by a
+    TimeoutError); a cancellation from outside stays a cancellation; calls
+    with different timeouts each get theirs."""
+    from grelmicro.sync._primitive import call_backend
+
+    def error() -> SyncBackendError:
+        return LockAcquireError(name="x", token="t")
+
+    async def slow() -> None:
+        await anyio.sleep(5)
+
+    started = time.monotonic()
+    with pytest.raises(LockAcquireError) as info:
+        await call_backend(slow, error, 0.1)
+    assert 0.09 <= time.monotonic() - started < 1
+    assert isinstance(info.value.__cause__, TimeoutError)
+
+    outcomes: dict[float, float] = {}
+
+    async def bounded_by(timeout: float) -> None:
+        begun = time.monotonic()
+        with pytest.raises(LockAcquireError):
+            await call_backend(slow, error, timeout)
+        outcomes[timeout] = time.monotonic() - begun
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(bounded_by, 0.3)
+        group.start_soon(bounded_by, 0.1)  # earlier than the pending timer
+    assert 0.09 <= outcomes[0.1] < 0.25
+    assert 0.29 <= outcomes[0.3] < 0.6
+
+    with anyio.move_on_after(0.05) as scope:
+        await call_backend(slow, error, 5)
+    assert scope.cancelled_caught
