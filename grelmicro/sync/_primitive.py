@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 from uuid import UUID, uuid4
 
 import anyio
@@ -89,10 +90,25 @@ def thread_holder_id() -> str:
 # Backend capabilities ------------------------------------------------------------
 
 
+class AcquireCall(Protocol):
+    """`FencingBackend.acquire_fenced`'s shape."""
+
+    def __call__(
+        self, *, name: str, token: str, duration: float
+    ) -> Awaitable[FencedAcquire]: ...
+
+
 class Capabilities:
     """The optional capabilities of one backend, tested once when bound."""
 
-    __slots__ = ("backend", "fencing", "name_check", "release_watch", "remaining")
+    __slots__ = (
+        "acquire",
+        "backend",
+        "fencing",
+        "name_check",
+        "release_watch",
+        "remaining",
+    )
 
     def __init__(self, backend: SyncBackend) -> None:
         self.backend = backend
@@ -102,13 +118,18 @@ class Capabilities:
             backend if isinstance(backend, ReleaseWatchBackend) else None
         )
         self.name_check = backend if isinstance(backend, NameCheckBackend) else None
+        #: Take or extend: fenced when the backend can, else as well as it
+        #: can (the backend's own method when fenced: no extra call).
+        self.acquire: AcquireCall = (
+            self.fencing.acquire_fenced
+            if self.fencing is not None
+            else self._acquire_unfenced
+        )
 
-    async def acquire(self, *, name: str, token: str, duration: float) -> FencedAcquire:
-        """Take or extend: fenced when the backend can, else as well as it can."""
-        if self.fencing is not None:
-            return await self.fencing.acquire_fenced(
-                name=name, token=token, duration=duration
-            )
+    async def _acquire_unfenced(
+        self, *, name: str, token: str, duration: float
+    ) -> FencedAcquire:
+        """Take or extend on a backend without fencing tokens."""
         if self.remaining is not None:
             left = await self.remaining.acquire_or_remaining(
                 name=name, token=token, duration=duration
@@ -173,6 +194,85 @@ class Primitive:
         return f"{type(self).__name__}(name={self.name!r}, worker={self.worker!r})"
 
 
+# Deadlines of backend calls ------------------------------------------------------
+
+
+class _Call:
+    """One backend call in flight: its task, deadline and state."""
+
+    __slots__ = ("cancelling", "deadline", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+
+class _Deadlines:
+    """The deadlines of one event loop's backend calls, on one loop timer.
+
+    `asyncio.timeout` costs a timer handle per call (scheduled, then
+    cancelled: most calls last a millisecond against a deadline seconds
+    away). Here a call costs a set insertion and removal; a timer fires at
+    the earliest deadline, cancels the calls past theirs the way
+    `asyncio.timeout` does, and is set again for the next one. Nothing here
+    refers to the loop (only weakly): a closed loop is not kept alive.
+    """
+
+    __slots__ = ("calls", "loop", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)
+        self.calls: set[_Call] = set()
+        #: When the earliest timer still pending fires (inf: none).
+        self.when = math.inf
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], timeout: float
+    ) -> _Call:
+        call = _Call(task, loop.time() + timeout)
+        self.calls.add(call)
+        if call.deadline < self.when:
+            # An earlier deadline than the pending timer's: one more timer
+            # (a later one that fires for nothing costs a scan).
+            self.when = call.deadline
+            loop.call_at(call.deadline, self._fire, loop)
+        return call
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        if now >= self.when:
+            self.when = math.inf
+        for call in list(self.calls):
+            if call.deadline <= now:
+                self.calls.discard(call)
+                if not call.task.done():
+                    call.expired = True
+                    call.task.cancel()
+        if self.calls:
+            earliest = min(call.deadline for call in self.calls)
+            if earliest < self.when:
+                self.when = earliest
+                loop.call_at(earliest, self._fire, loop)
+
+
+_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = (
+    weakref.WeakKeyDictionary()
+)
+_last_deadlines: list[_Deadlines | None] = [None]
+
+
+def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _Deadlines:
+    deadlines = _last_deadlines[0]
+    if deadlines is None or deadlines.loop() is not loop:
+        deadlines = _deadlines.get(loop)
+        if deadlines is None:
+            deadlines = _deadlines[loop] = _Deadlines(loop)
+        _last_deadlines[0] = deadlines
+    return deadlines
+
+
 async def call_backend(
     call: Callable[[], Awaitable[T]],
     error: Callable[[], SyncBackendError],
@@ -183,14 +283,46 @@ async def call_backend(
     `BackendNotLoadedError` is raised as itself; cancellation passes through.
     """
     try:
-        # asyncio's own timeout: the same bound as anyio.fail_after at a
-        # fraction of the cost on this hot path (grelmicro runs on asyncio).
-        async with asyncio.timeout(timeout):
-            return await call()
+        awaitable = call()
     except BackendNotLoadedError:
         raise
     except Exception as exc:
         raise error() from exc
+    return await bounded(awaitable, error, timeout)
+
+
+async def bounded(
+    awaitable: Awaitable[T],
+    error: Callable[[], SyncBackendError],
+    timeout: float,  # noqa: ASYNC109
+) -> T:
+    """`call_backend` for a call already made (a coroutine not yet awaited)."""
+    task = asyncio.current_task()
+    if task is None:  # pragma: no cover - always inside a task under anyio
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    loop = task.get_loop()
+    deadlines = _deadlines_of(loop)
+    pending = deadlines.start(loop, task, timeout)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if pending.expired:
+            # Past the deadline: the cancellation was ours (unless the task
+            # was also cancelled from outside), raised as a timeout the way
+            # `asyncio.timeout` does.
+            pending.expired = False
+            if task.uncancel() <= pending.cancelling:
+                raise error() from TimeoutError()
+        raise
+    except BackendNotLoadedError:
+        raise
+    except Exception as exc:
+        raise error() from exc
+    finally:
+        deadlines.calls.discard(pending)
+        if pending.expired:
+            task.uncancel()
 
 
 async def acquire_or_give_back(
@@ -210,10 +342,8 @@ async def acquire_or_give_back(
     within one round trip instead of held until its lease ends.
     """
     try:
-        return await call_backend(
-            lambda: caps.acquire(name=name, token=token, duration=duration),
-            error,
-            timeout,
+        return await bounded(
+            caps.acquire(name=name, token=token, duration=duration), error, timeout
         )
     except BackendNotLoadedError:
         raise

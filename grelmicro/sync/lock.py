@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import weakref
 from types import ModuleType, TracebackType
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 from uuid import UUID
 
 import anyio
@@ -14,13 +17,14 @@ from grelmicro import _metrics
 from grelmicro._validate import number
 from grelmicro.sync._primitive import (
     DEFAULT_BACKEND_TIMEOUT,
+    Capabilities,
     Primitive,
     acquire_or_give_back,
     call_backend,
     task_holder_id,
     thread_holder_id,
 )
-from grelmicro.sync.abc import SyncBackend
+from grelmicro.sync.abc import FencedAcquire, SyncBackend
 from grelmicro.sync.errors import (
     LockAcquireError,
     LockNotOwnedError,
@@ -73,6 +77,8 @@ class Lock(Primitive):
         # The holder token and fencing token of this worker's current holding.
         self._holder: str | None = None
         self._fence: int | None = None
+        # The last task that used the lock, and its token.
+        self._token_of: tuple[weakref.ref[asyncio.Task[Any]], str] | None = None
 
     @property
     def fencing_token(self) -> int | None:
@@ -88,7 +94,14 @@ class Lock(Primitive):
     # Tokens -----------------------------------------------------------------
 
     def _task_token(self) -> str:
-        return f"{self.worker}/{task_holder_id()}"
+        task = asyncio.current_task()
+        cached = self._token_of
+        if cached is not None and cached[0]() is task:
+            return cached[1]
+        token = f"{self.worker}/{task_holder_id()}"
+        if task is not None:
+            self._token_of = (weakref.ref(task), token)
+        return token
 
     def _thread_token(self) -> str:
         return f"{self.worker}/{thread_holder_id()}"
@@ -102,6 +115,25 @@ class Lock(Primitive):
         (the server may have applied it late): no lease is left unowned.
         """
         caps = self.caps
+        if not _metrics.ENABLED.on:
+            answer = await acquire_or_give_back(
+                caps,
+                name=self.key,
+                token=token,
+                duration=self.lease_duration,
+                error=lambda: LockAcquireError(name=self.name, token=token),
+                timeout=self._timeout,
+            )
+        else:
+            answer = await self._acquire_measured(caps, token)
+        if not answer.acquired:
+            return False
+        if self._holder != token:
+            self._holder = token
+        self._fence = answer.fence
+        return True
+
+    async def _acquire_measured(self, caps: Capabilities, token: str) -> FencedAcquire:
         started = time.perf_counter()
         try:
             answer = await acquire_or_give_back(
@@ -113,18 +145,11 @@ class Lock(Primitive):
                 timeout=self._timeout,
             )
         except Exception:
-            if _metrics.ENABLED.on:
-                _metrics.lock_acquire("lock", "error", time.perf_counter() - started)
+            _metrics.lock_acquire("lock", "error", time.perf_counter() - started)
             raise
-        if _metrics.ENABLED.on:
-            outcome = "acquired" if answer.acquired else "busy"
-            _metrics.lock_acquire("lock", outcome, time.perf_counter() - started)
-        if not answer.acquired:
-            return False
-        if self._holder != token:
-            self._holder = token
-        self._fence = answer.fence
-        return True
+        outcome = "acquired" if answer.acquired else "busy"
+        _metrics.lock_acquire("lock", outcome, time.perf_counter() - started)
+        return answer
 
     async def do_acquire_wait(self, token: str) -> None:
         """Take the lock for `token`, retrying every `retry_interval`.
@@ -145,9 +170,8 @@ class Lock(Primitive):
 
     async def do_release(self, token: str) -> None:
         """Release the lock held by `token`; `LockNotOwnedError` if it does not."""
-        backend = self.backend
         released = await call_backend(
-            lambda: backend.release(name=self.key, token=token),
+            lambda: self.backend.release(name=self.key, token=token),
             lambda: LockReleaseError(name=self.name, token=token),
             self._timeout,
         )
@@ -170,7 +194,9 @@ class Lock(Primitive):
 
     async def __aenter__(self) -> Self:
         """Wait for the lock and take it."""
-        await self.acquire()
+        token = self._task_token()
+        if not await self.do_acquire(token):
+            await self.do_acquire_wait(token)
         return self
 
     async def __aexit__(
@@ -180,8 +206,24 @@ class Lock(Primitive):
         traceback: TracebackType | None,
     ) -> None:
         """Release the lock (even when the block is cancelled)."""
-        with anyio.CancelScope(shield=True):
-            await self.release()
+        token = self._task_token()
+        if exc_type is not None:
+            with anyio.CancelScope(shield=True):
+                await self.do_release(token)
+            return
+        # The common exit costs no cancel scope: a release interrupted by a
+        # cancellation is made again, shielded, before the cancellation goes
+        # on (the first one may have been applied: owner-only, it then
+        # answers "not owned", which is not an error here).
+        try:
+            await self.do_release(token)
+        except asyncio.CancelledError:
+            with (
+                anyio.CancelScope(shield=True),
+                contextlib.suppress(LockNotOwnedError),
+            ):
+                await self.do_release(token)
+            raise
 
     async def acquire(self) -> None:
         """Wait until the lock is free, then take it.

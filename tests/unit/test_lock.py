@@ -282,3 +282,91 @@ async def test_waiting_lock_wakes_on_release(backend: MemorySyncBackend) -> None
             await waiter.acquire()
         acquired_at = time.monotonic()
     assert acquired_at - released_at < 0.5  # not the 5 s retry_interval
+
+
+class SlowReleaseBackend(MemorySyncBackend):
+    """Releases take `delay` seconds after being applied (a late answer)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.releases = 0
+
+    async def release(self, *, name: str, token: str) -> bool:
+        released = await super().release(name=name, token=token)
+        self.releases += 1
+        await anyio.sleep(self.delay)
+        return released
+
+
+async def test_lock_exit_cancelled_mid_release_still_releases() -> None:
+    """The scope is cancelled while the exit's release waits for its answer:
+    the release is made again, shielded (the first one was applied: "not
+    owned" is no error then), and the cancellation goes on."""
+    backend = SlowReleaseBackend(delay=0.2)
+    lock = Lock("res", backend=backend, lease_duration=60)
+    with anyio.CancelScope() as scope:
+        async with lock:
+            scope.deadline = anyio.current_time() + 0.05
+        pytest.fail("the exit must raise the cancellation")  # pragma: no cover
+    assert scope.cancelled_caught
+    assert not await backend.locked(name="lock:res")
+    assert backend.releases == 2
+    assert lock.fencing_token is None
+    # Usable again at once.
+    async with lock:
+        assert await lock.owned()
+
+
+async def test_lock_exit_after_an_error_is_shielded_and_keeps_the_error() -> None:
+    backend = SlowReleaseBackend(delay=0.1)
+    lock = Lock("res", backend=backend, lease_duration=60)
+
+    async def body() -> None:
+        with anyio.CancelScope() as scope:
+            async with lock:
+                scope.deadline = anyio.current_time() + 0.02
+                msg = "body"
+                raise ValueError(msg)
+
+    with pytest.raises(ValueError, match="body"):
+        await body()
+    assert not await backend.locked(name="lock:res")
+    assert backend.releases == 1
+
+
+async def test_backend_call_deadlines() -> None:
+    """A call past its timeout raises the primitive's error (caused by a
+    TimeoutError); a cancellation from outside stays a cancellation; calls
+    with different timeouts each get theirs."""
+    from grelmicro.sync._primitive import call_backend
+
+    def error() -> SyncBackendError:
+        return LockAcquireError(name="x", token="t")
+
+    async def slow() -> None:
+        await anyio.sleep(5)
+
+    started = time.monotonic()
+    with pytest.raises(LockAcquireError) as info:
+        await call_backend(slow, error, 0.1)
+    assert 0.09 <= time.monotonic() - started < 1
+    assert isinstance(info.value.__cause__, TimeoutError)
+
+    outcomes: dict[float, float] = {}
+
+    async def bounded_by(timeout: float) -> None:
+        begun = time.monotonic()
+        with pytest.raises(LockAcquireError):
+            await call_backend(slow, error, timeout)
+        outcomes[timeout] = time.monotonic() - begun
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(bounded_by, 0.3)
+        group.start_soon(bounded_by, 0.1)  # earlier than the pending timer
+    assert 0.09 <= outcomes[0.1] < 0.25
+    assert 0.29 <= outcomes[0.3] < 0.6
+
+    with anyio.move_on_after(0.05) as scope:
+        await call_backend(slow, error, 5)
+    assert scope.cancelled_caught

@@ -13,6 +13,11 @@ from typing import Final
 MAX_KNOWN: Final = 10_000
 
 
+#: The token of an entry known only by its sequence (see `Known.seen`): no
+#: real token is compared equal to it, and it is not None (not free).
+UNREAD: Final = "\x00unread"
+
+
 class Known:
     """One key: its last sequence, holder, fencing token, and end of lease.
 
@@ -23,17 +28,35 @@ class Known:
     counted from before the write was sent (None: never, or not known). Only
     this machine's own clock is used: no server timestamp is compared with
     any clock.
+
+    ``lease`` is the lease in seconds of the last holding known on the key
+    (this backend's or another token's; kept across release markers and
+    unread entries): the estimate of the next holding's lease.
+
+    ``seen`` is set for an *unread* entry: its sequence was learned from a
+    failed write's answer alone (at that monotonic time), its token, fencing
+    token and lease are not known (``token`` is `UNREAD`, ``late`` None). It
+    is read only if it is still there when it matters; its lease then counts
+    from ``seen`` (it existed by then).
     """
 
-    __slots__ = ("fence", "late", "seq", "token")
+    __slots__ = ("fence", "late", "lease", "seen", "seq", "token")
 
     def __init__(
-        self, seq: int, token: str | None, fence: int, late: float | None
+        self,
+        seq: int,
+        token: str | None,
+        fence: int,
+        late: float | None,
+        lease: float | None = None,
+        seen: float | None = None,
     ) -> None:
         self.seq = seq
         self.token = token
         self.fence = fence
         self.late = late
+        self.lease = lease
+        self.seen = seen
 
 
 class KnownKeys:
@@ -53,16 +76,35 @@ class KnownKeys:
         token: str | None,
         fence: int,
         late: float | None = None,
+        lease: float | None = None,
     ) -> None:
-        """Record `key`'s last entry."""
+        """Record `key`'s last entry (`lease`: its lease, when a holding)."""
         keys = self._keys
         known = keys.get(key)
         if known is not None:
             known.seq, known.token, known.fence, known.late = seq, token, fence, late
+            if lease is not None or token is not None:
+                known.lease = lease  # a marker keeps the last holding's lease
+            known.seen = None
             return
         if len(keys) >= MAX_KNOWN:
             del keys[next(iter(keys))]
-        keys[key] = Known(seq, token, fence, late)
+        keys[key] = Known(seq, token, fence, late, lease)
+
+    def unread(self, key: str, seq: int, seen: float) -> Known:
+        """Record that `key`'s last sequence is `seq`, learned at `seen` from a
+        failed write's answer (holder and lease not read; the last holding's
+        lease is kept as the estimate)."""
+        known = self._keys.get(key)
+        if known is None:
+            known = Known(seq, UNREAD, seq, None, None, seen)
+            if len(self._keys) >= MAX_KNOWN:
+                del self._keys[next(iter(self._keys))]
+            self._keys[key] = known
+            return known
+        known.seq, known.token, known.fence, known.late = seq, UNREAD, seq, None
+        known.seen = seen
+        return known
 
     def observed(
         self, key: str, seq: int, token: str | None, fence: int, lease: float | None
@@ -71,18 +113,18 @@ class KnownKeys:
         `lease` seconds from its write (None: forever).
 
         The end of its lease is counted from the first time this sequence
-        was seen: reading it again does not push the end later.
+        was seen (read, or learned from a failed write's answer): reading it
+        again does not push the end later.
         """
         known = self._keys.get(key)
-        if (
-            known is not None
-            and known.seq == seq
-            and known.token == token
-            and (known.late is not None or lease is None)
-        ):
-            return known
-        late = None if lease is None else time.monotonic() + lease
-        self.remember(key, seq, token, fence, late)
+        since = time.monotonic()
+        if known is not None and known.seq == seq:
+            if known.seen is not None:
+                since = known.seen
+            elif known.token == token and (known.late is not None or lease is None):
+                return known
+        late = None if lease is None else since + lease
+        self.remember(key, seq, token, fence, late, lease)
         return self._keys[key]
 
     def forget(self, key: str) -> None:

@@ -286,6 +286,14 @@ class NatsSyncBackend(RegisteredBackend):
         The token is the stream sequence of the write that took the lock (so
         it grows with every write to the bucket, across all processes);
         extensions carry it unchanged.
+
+        When another token holds the lock, `remaining` is how long its lease
+        lasts. A loser that learns from the failed write alone that the lock
+        changed hands since it last looked does not read the new entry: it
+        answers the lease of the last holding it knew on that name (an
+        estimate, exact when holders use the same lease, as task locks and
+        elections do); the entry is read at the next attempt if still there.
+        `acquire_or_remaining` always reads it.
         """
         return await self._acquire("acquire_fenced", name, token, duration)
 
@@ -315,7 +323,16 @@ class NatsSyncBackend(RegisteredBackend):
         ttl, lease_ms = _lease(duration)
         nc = await self._connection.client(operation, name)
         self._check_lease(ttl, operation, name)
-        return await self._locks.acquire(nc, operation, name, key, token, ttl, lease_ms)
+        return await self._locks.acquire(
+            nc,
+            operation,
+            name,
+            key,
+            token,
+            ttl,
+            lease_ms,
+            exact=operation != "acquire_fenced",
+        )
 
     async def release(
         self,
