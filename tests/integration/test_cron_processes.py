@@ -377,7 +377,23 @@ def test_killed_claimant_fire_reruns_only_with_at_least_once(
             }
             assert orphans, f"{fleet.summary()}: the victim left no fire unfinished"
             ends = collections.Counter(r.fire_ms for r in fleet.records("end"))
-            assert all(n == 1 for n in ends.values()), f"{fleet.summary()}: {ends}"
+            ended_then_killed: set[int] = set()
+            for fire, n in ends.items():
+                if n == 1:
+                    continue
+                ended_then_killed.add(fire)
+                # Twice only when the victim finished the work right before
+                # it was killed, before its completion reached the backend:
+                # with at_least_once that fire is run again (at-least-once).
+                victim_end = [
+                    r
+                    for r in fleet.records("end")
+                    if r.fire_ms == fire and r.worker == victim
+                ]
+                assert fleet is alo, f"{fleet.summary()}: fire {fire} ended {n}x"
+                assert n == 2, f"{fleet.summary()}: fire {fire} ended {n}x"
+                assert victim_end, f"{fleet.summary()}: fire {fire} ended twice"
+                assert killed_at - victim_end[0].wall < 0.5, fleet.summary()
             for fire in orphans:
                 others = [r for r in starts if r.fire_ms == fire and r.worker != victim]
                 if fleet is once:
@@ -397,7 +413,11 @@ def test_killed_claimant_fire_reruns_only_with_at_least_once(
                 assert fire in ended
             # Every other fire ran once.
             counts = collections.Counter(r.fire_ms for r in starts)
-            assert all(n == 1 for f, n in counts.items() if f not in orphans)
+            assert all(
+                n == 1
+                for f, n in counts.items()
+                if f not in orphans and f not in ended_then_killed
+            )
 
 
 # Missed fires -------------------------------------------------------------------------------
