@@ -7,6 +7,7 @@ by a look at the lease.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from uuid import uuid4
 
@@ -38,6 +39,28 @@ def name() -> str:
     return f"watch-{uuid4().hex[:8]}"
 
 
+@contextlib.asynccontextmanager
+async def waiting(
+    backend: RedisSyncBackend, key: str, *, settle: float = 0.2
+) -> AsyncIterator[anyio.Event]:
+    """A waiter on `key` in the background; the event is set when it returns."""
+    woke = anyio.Event()
+
+    async def wait() -> None:
+        await backend.wait_released(name=key)
+        woke.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wait)
+        await anyio.sleep(settle)  # subscribed, and still waiting
+        yield woke
+
+
+async def woken(event: anyio.Event) -> None:
+    with anyio.fail_after(5):
+        await event.wait()
+
+
 async def pubsub_clients(raw: Redis) -> int:
     clients = await raw.client_list(_type="pubsub")
     return len(clients)
@@ -50,20 +73,11 @@ async def test_a_release_wakes_the_waiter(redis_url: str, raw: Redis) -> None:
         RedisSyncBackend(client=raw, auto_register=False) as holder,
     ):
         assert await holder.acquire(name=key, token="h", duration=30)
-        woke = anyio.Event()
-
-        async def wait() -> None:
-            await waiter.wait_released(name=key)
-            woke.set()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(wait)
-            await anyio.sleep(0.2)
+        async with waiting(waiter, key) as woke:
             assert not woke.is_set()  # held: still waiting
             # Released by a backend on a borrowed client: it publishes too.
             assert await holder.release(name=key, token="h")
-            with anyio.fail_after(5):
-                await woke.wait()
+            await woken(woke)
 
 
 async def test_the_lease_end_wakes_the_waiter(redis_url: str) -> None:
@@ -79,21 +93,12 @@ async def test_an_extended_lease_keeps_the_waiter_waiting(redis_url: str) -> Non
     key = name()
     async with RedisSyncBackend(redis_url, auto_register=False) as backend:
         assert await backend.acquire(name=key, token="h", duration=0.4)
-        woke = anyio.Event()
-
-        async def wait() -> None:
-            await backend.wait_released(name=key)
-            woke.set()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(wait)
-            await anyio.sleep(0.1)
+        async with waiting(backend, key, settle=0.1) as woke:
             assert await backend.acquire(name=key, token="h", duration=2)
             await anyio.sleep(0.6)  # past the first lease's end
             assert not woke.is_set()
             assert await backend.release(name=key, token="h")
-            with anyio.fail_after(5):
-                await woke.wait()
+            await woken(woke)
 
 
 async def test_waiters_share_one_subscribed_connection(
@@ -142,35 +147,17 @@ async def test_a_release_missed_while_reconnecting_is_seen_at_the_next_look(
     key = name()
     async with RedisSyncBackend(redis_url, auto_register=False) as backend:
         assert await backend.acquire(name=key, token="h", duration=30)
-        woke = anyio.Event()
-
-        async def wait() -> None:
-            await backend.wait_released(name=key)
-            woke.set()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(wait)
-            await anyio.sleep(0.2)
+        async with waiting(backend, key) as woke:
             killed = await raw.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
             assert int(killed) >= 1
             await anyio.sleep(0.1)
             assert not woke.is_set()
             await raw.delete(key)  # freed without a publish
-            with anyio.fail_after(5):
-                await woke.wait()
+            await woken(woke)
         # Subscribed again: a release wakes the next waiter at once.
         monkeypatch.setattr(redis_backend_module, "WATCH_LOOK_INTERVAL", 60.0)
         assert await backend.acquire(name=key, token="h", duration=30)
-        woke_again = anyio.Event()
-
-        async def wait_again() -> None:
-            await backend.wait_released(name=key)
-            woke_again.set()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(wait_again)
-            await anyio.sleep(0.2)
+        async with waiting(backend, key) as woke_again:
             assert not woke_again.is_set()
             assert await backend.release(name=key, token="h")
-            with anyio.fail_after(5):
-                await woke_again.wait()
+            await woken(woke_again)
