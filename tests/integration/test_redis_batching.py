@@ -86,11 +86,18 @@ async def test_concurrent_calls_share_round_trips(
 async def test_sequential_calls_are_sent_at_once(
     backend: RedisSyncBackend, raw: Redis
 ) -> None:
-    """A call alone is not held back: each is its own round trip, in order."""
+    """A call alone is not held back: each is one round trip, in order."""
     (name,) = names(1)
+    assert await backend.acquire(name=name, token="w", duration=30)  # warm
+    assert await backend.release(name=name, token="w")
+    assert not await backend.owned(name=name, token="w")
+    before = await reads(raw)
     assert await backend.acquire(name=name, token="a", duration=30)
     assert await backend.owned(name=name, token="a")
     assert await backend.release(name=name, token="a")
+    after = await reads(raw)
+    # Three calls, three reads, plus the INFO's own.
+    assert after - before == 4, after - before
     assert not await backend.locked(name=name)
 
 

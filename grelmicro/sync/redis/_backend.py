@@ -539,7 +539,10 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         """The subscription for this loop, for a backend built from a URL."""
         if self._source.url is None:
             return None
-        client = await self._call("wait_released", name, lambda c: _same(c))
+        try:
+            client = await self._source.client()
+        except Exception as exc:
+            raise wrap("wait_released", name, exc) from exc
         if not isinstance(client, Redis):
             return None  # a cluster: no subscription
         watch = self._watch
@@ -552,10 +555,6 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
         ):
             self._watch = watch = ReleaseWatch(client, self._channel)
         return watch
-
-
-async def _same(client: RedisClient) -> RedisClient:
-    return client
 
 
 async def _evalsha(
