@@ -161,3 +161,38 @@ async def test_a_release_missed_while_reconnecting_is_seen_at_the_next_look(
             assert not woke_again.is_set()
             assert await backend.release(name=key, token="h")
             await woken(woke_again)
+
+
+@pytest.mark.parametrize("subscribed", [True, False], ids=["watch", "poll"])
+async def test_a_lease_in_its_last_millisecond_wakes_the_waiter_at_its_end(
+    redis_url: str,
+    raw: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    subscribed: bool,
+) -> None:
+    """PTTL answers 0 in a lease's last millisecond: the waiter looks again
+    right after, not at its next slow look (a CI flake once waited 5 s)."""
+    monkeypatch.setattr(redis_backend_module, "WATCH_LOOK_INTERVAL", 60.0)
+    monkeypatch.setattr(redis_backend_module, "RELEASE_POLL_INTERVAL", 0.05)
+    key = name()
+    backend = (
+        RedisSyncBackend(redis_url, auto_register=False)
+        if subscribed
+        else RedisSyncBackend(client=raw, auto_register=False)
+    )
+    answers = iter([0])
+    real_pttl = backend._pttl
+
+    async def pttl(lock: str, full_key: str) -> int:
+        answer = next(answers, None)
+        if answer is not None:
+            await raw.delete(full_key)  # the lease ends right after
+            return answer
+        return await real_pttl(lock, full_key)
+
+    monkeypatch.setattr(backend, "_pttl", pttl)
+    async with backend:
+        assert await backend.acquire(name=key, token="h", duration=30)
+        with anyio.fail_after(2):
+            await backend.wait_released(name=key)
+        assert not await backend.locked(name=key)

@@ -507,9 +507,11 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
                     return
                 # Also look again now and then: a release published while
                 # the subscribed connection was reconnecting is not stored.
+                # PTTL answers 0 in the lease's last millisecond: wake at
+                # its end, not at the next look. -1: no expiry.
                 wait = WATCH_LOOK_INTERVAL
-                if left > 0:
-                    wait = min(wait, left / 1000)
+                if left >= 0:
+                    wait = min(wait, max(left, 1) / 1000)
                 done, _ = await asyncio.wait({future}, timeout=wait)
                 if done:
                     if future.exception() is None:
@@ -530,8 +532,8 @@ class RedisSyncBackend(FireClaims, RegisteredBackend):
             left = await self._pttl(name, key)
             if left == -2:  # no key: released or expired
                 return
-            if 0 < left < RELEASE_POLL_INTERVAL * 1000:
-                await anyio.sleep(left / 1000)
+            if 0 <= left < RELEASE_POLL_INTERVAL * 1000:
+                await anyio.sleep(max(left, 1) / 1000)
                 if not await self.locked(name=name):
                     return
 
