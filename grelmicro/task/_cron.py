@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -50,7 +50,7 @@ from grelmicro.task._cron_args import (
 )
 from grelmicro.task._cron_schedule import CronSchedule, to_datetime, to_ms
 from grelmicro.task._interval import default_task_name, prepare_call
-from grelmicro.task._run import Run, set_current_run
+from grelmicro.task._run import Run, enter_local_run, set_current_run
 from grelmicro.task.errors import FunctionTypeError
 
 logger = logging.getLogger("grelmicro.task")
@@ -74,6 +74,32 @@ CATCH_UP_HORIZON = 2 * ON_TIME_WINDOW
 #: from the backend before it stops watching: the backends remember a
 #: completed fire for 60 s, and a takeover after they forgot could run it again.
 WATCH_BLIND_LIMIT = 30.0
+
+
+def skip_late(
+    schedule: CronSchedule,
+    fire: float,
+    now: float,
+    fires: Iterator[float],
+    label: str,
+) -> tuple[float, Iterator[float]]:
+    """The fire to attempt now that `fire` is due (`now` on the task's clock),
+    and the fires after it.
+
+    Woken late (a stalled loop): of the fires older than the catch-up
+    horizon, only the latest is attempted (the others were most likely run by
+    other workers); the recent ones follow.
+    """
+    if fire < now - CATCH_UP_HORIZON:
+        latest = schedule.latest_at_or_before(now - CATCH_UP_HORIZON)
+        if latest is not None and latest > fire:
+            logger.debug(
+                "Cron task woke late: %s, skipping to %s",
+                label,
+                to_datetime(latest).isoformat(),
+            )
+            return latest, schedule.iter_after(latest)
+    return fire, fires
 
 
 class CronTask(SyncErrorLog):
@@ -165,7 +191,6 @@ class CronTask(SyncErrorLog):
         backend = self.resolve_backend()
         clock = self.clock
         schedule = self.schedule
-        grace = self.misfire_grace_seconds
         async with anyio.create_task_group() as task_group:
             task_status.started()
             start = clock.now()
@@ -176,32 +201,36 @@ class CronTask(SyncErrorLog):
             while (fire := next(fires, None)) is not None:
                 await clock.sleep_until(fire)
                 now = clock.now()
-                if fire < now - CATCH_UP_HORIZON:
-                    # Woke late (a stalled loop): of the fires older than the
-                    # horizon, only the latest is attempted (the others were
-                    # most likely run by other workers); the recent ones follow.
-                    latest = schedule.latest_at_or_before(now - CATCH_UP_HORIZON)
-                    if latest is not None and latest > fire:
-                        logger.debug(
-                            "Cron task woke late: %s, skipping to %s",
-                            self._name,
-                            to_datetime(latest).isoformat(),
-                        )
-                        fire = latest
-                        fires = schedule.iter_after(latest)
-                if grace is not None and now - fire > grace:
-                    logger.debug(
-                        "Cron fire older than misfire_grace_seconds: %s at %s",
-                        self._name,
-                        to_datetime(fire).isoformat(),
-                    )
+                due, fires = skip_late(schedule, fire, now, fires, self._name)
+                if self.past_grace(due, now):
                     continue
                 if backend is None:
-                    task_group.start_soon(self._execute, fire, None, None, None)
+                    task_group.start_soon(self.run_local, due)
                 else:
-                    await self._claim(backend, task_group, fire)
+                    await self._claim(backend, task_group, due)
             logger.info("Cron task has no more fires: %s", self._name)
             await anyio.sleep_forever()
+
+    def past_grace(self, fire: float, now: float) -> bool:
+        """Whether `fire` is older than `misfire_grace_seconds` at `now` (skipped)."""
+        grace = self.misfire_grace_seconds
+        if grace is not None and now - fire > grace:
+            logger.debug(
+                "Cron fire older than misfire_grace_seconds: %s at %s",
+                self._name,
+                to_datetime(fire).isoformat(),
+            )
+            return True
+        return False
+
+    async def run_local(self, fire: float) -> None:
+        """One run of a local task for `fire`, in its own task (no claim)."""
+        if self._sync is None and not _metrics.ENABLED.on:
+            # Nothing to record and no lock: the run alone.
+            enter_local_run(self._name, fire)
+            await self._run_function()
+        else:
+            await self._execute(fire, None, None, None)
 
     async def _catch_up(
         self, backend: FireClaimBackend, task_group: TaskGroup, now: float

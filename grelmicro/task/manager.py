@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
@@ -32,6 +33,7 @@ from grelmicro.task.router import TaskRouter
 
 if TYPE_CHECKING:
     from grelmicro.sync.abc import SyncBackend
+    from grelmicro.task._cron import CronTask
 
 logger = logging.getLogger("grelmicro.task")
 
@@ -316,18 +318,31 @@ async def _start_all(
     *,
     ready: Callable[[], Awaitable[None]] | None,
 ) -> None:
-    """Start the interval tasks on one shared scheduler, the others on their
-    own; return once each has called `task_status.started()`.
+    """Start the interval tasks on one shared scheduler, the local cron tasks
+    on another, the others on their own; return once each has called
+    `task_status.started()`.
 
     The others start first: the leader elections the interval tasks use are
     running (they wait for the first answer) when the first attempts come.
     """
-    interval_tasks: list[IntervalTask] = []
-    for task in tasks:
-        if type(task) is IntervalTask:
-            interval_tasks.append(task)
-        else:
+    others = [task for task in tasks if type(task) is not IntervalTask]
+    cron_tasks: list[CronTask] = []
+    # A cron task exists only once its module is loaded: a manager without
+    # cron tasks does not load cronsim.
+    if "grelmicro.task._cron" in sys.modules:
+        from grelmicro.task._cron_scheduler import local_cron_task
+
+        cron_tasks = [c for t in others if (c := local_cron_task(t)) is not None]
+    on_cron_scheduler = {id(task) for task in cron_tasks}
+    for task in others:
+        if id(task) not in on_cron_scheduler:
             await group.start(task, name=f"grelmicro-task:{task.name}")
+    interval_tasks = [task for task in tasks if type(task) is IntervalTask]
+    if cron_tasks:
+        from grelmicro.task._cron_scheduler import CronScheduler
+
+        cron_scheduler = CronScheduler(cron_tasks)
+        await group.start(cron_scheduler, name=cron_scheduler.name)
     if interval_tasks:
         scheduler = IntervalScheduler(interval_tasks, ready=ready)
         await group.start(scheduler, name=scheduler.name)
