@@ -195,12 +195,19 @@ class CronTask(SyncErrorLog):
             task_status.started()
             start = clock.now()
             cursor = start
+            first_start = False
             if backend is not None:
-                cursor = await self._catch_up(backend, task_group, start)
+                cursor, first_start = await self._catch_up(backend, task_group, start)
             fires = schedule.iter_after(cursor)
             while (fire := next(fires, None)) is not None:
                 await clock.sleep_until(fire)
                 now = clock.now()
+                if first_start and backend is not None:
+                    first_start = False
+                    resume = await self._resume_point(backend, now)
+                    if resume is not None:
+                        fires = schedule.iter_after(resume)
+                        continue
                 due, fires = skip_late(schedule, fire, now, fires, self._name)
                 if self.past_grace(due, now):
                     continue
@@ -232,15 +239,43 @@ class CronTask(SyncErrorLog):
         else:
             await self._execute(fire, None, None, None)
 
+    async def _resume_point(
+        self, backend: FireClaimBackend, now: float
+    ) -> float | None:
+        """Before the first claim of a task's very first start: the latest
+        fire claimed since (by a worker that started first), to go on from,
+        in order; None if still nothing is claimed (or the read failed).
+
+        At start nothing was claimed, so this worker went back
+        `ON_TIME_WINDOW` on its own clock. If it then stalled while a worker
+        with a slower clock began claiming, its next fire may lie after a
+        fire that worker has not reached yet: claiming it first would leave
+        that fire unrun (a claim is accepted only for a fire later than the
+        latest claimed). Going on from the latest claimed fire keeps the
+        claims in order.
+        """
+        try:
+            stored = await self._backend_call(
+                lambda: backend.last_fire(name=self.key), "last_fire"
+            )
+        except SyncBackendError as exc:
+            self._log_sync_error(exc)
+            return None
+        if stored is None:
+            return None
+        return max(stored / 1000, now - CATCH_UP_HORIZON)
+
     async def _catch_up(
         self, backend: FireClaimBackend, task_group: TaskGroup, now: float
-    ) -> float:
+    ) -> tuple[float, bool]:
         """At start: handle the fires missed while no worker was up.
 
-        Returns the instant after which the loop attempts fires in order. On
-        the very first start (no fire ever claimed), fires due less than
-        `ON_TIME_WINDOW` ago are on time (workers with slower clocks may be
-        about to claim them). Unclaimed fires younger than `CATCH_UP_HORIZON`
+        Returns the instant after which the loop attempts fires in order, and
+        whether this is the task's very first start. On the very first start
+        (no fire ever claimed), fires due less than `ON_TIME_WINDOW` ago are
+        on time (workers with slower clocks may be about to claim them); the
+        latest claimed fire is read again before the first claim
+        (`_resume_point`). Unclaimed fires younger than `CATCH_UP_HORIZON`
         are attempted in order too (another worker may be claiming them).
         An older fire never claimed means every worker was down: the latest
         due fire runs once (within the grace), the others are counted in one
@@ -254,20 +289,20 @@ class CronTask(SyncErrorLog):
             )
         except SyncBackendError as exc:
             self._log_sync_error(exc)
-            return window_start
+            return window_start, True  # unknown: read again before claiming
         if stored is None:
-            return window_start
+            return window_start, True
         last = stored / 1000
         due = self.schedule.latest_at_or_before(now)
         if due is None or last >= due or last >= horizon:
-            return max(last, horizon)
+            return max(last, horizon), False
         older = self.schedule.count_between(last, due, limit=MISSED_COUNT_LIMIT)
         grace = self.misfire_grace_seconds
         run_it = grace is None or now - due <= grace
         if not run_it and not older and due > horizon:
             # Too old to run here, but nothing shows the fleet was down: it
             # is left to workers whose clocks are behind.
-            return horizon
+            return horizon, False
         fence = await self._claim(
             backend, task_group, due, run=run_it, final=not run_it
         )
@@ -281,7 +316,7 @@ class CronTask(SyncErrorLog):
                 due=due,
                 grace=None if run_it else grace,
             )
-        return due
+        return due, False
 
     async def _claim(
         self,

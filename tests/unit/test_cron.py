@@ -510,6 +510,42 @@ async def test_first_start_runs_no_missed_fire() -> None:
     assert recorder.runs == []
 
 
+class ClaimedMeanwhile(MemorySyncBackend):
+    """Nothing is claimed when the task first reads; a worker with a slower
+    clock claims `fire` right after (while this one stalls)."""
+
+    def __init__(self, fire: float) -> None:
+        super().__init__(auto_register=False)
+        self.fire = fire
+        self.reads = 0
+
+    async def last_fire(self, *, name: str) -> int | None:
+        self.reads += 1
+        stored = await super().last_fire(name=name)
+        if self.reads == 1:
+            assert await self.claim_fire(
+                name=name, fire=round(self.fire * 1000), token="slow", lease=None
+            )
+        return stored
+
+
+async def test_a_first_start_goes_on_from_a_fire_claimed_meanwhile() -> None:
+    """The task's very first start: this worker's window begins 4 s back on
+    its clock (ahead), after fires a slower worker, which has just claimed
+    T0 + 2, has not reached yet. It reads the latest claim again before its
+    first claim and goes on from there, in order: no fire is jumped over."""
+    backend = ClaimedMeanwhile(T0 + 2)
+    recorder = Recorder()
+    clock = FakeClock(T0 + 8.5)  # its window begins at T0 + 4.5
+    task = make_task(recorder, clock=clock, backend=backend)
+    async with anyio.create_task_group() as tg:
+        await tg.start(task)
+        await clock.advance(T0 + 10)
+        tg.cancel_scope.cancel()
+    assert recorder.fires == [T0 + i for i in range(3, 11)]
+    assert backend.reads == 2
+
+
 async def test_a_fire_due_less_than_the_window_ago_is_on_time() -> None:
     """Not yet claimed 3 s after it was due: on time (slower clocks may be
     about to claim it), so a starting worker runs it, once, without WARNING."""
