@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -74,6 +75,13 @@ def normalize_expression(expression: Any) -> str:
     if not isinstance(expression, str):
         msg = f"cron expression must be a str, got {expression!r}"
         raise SettingsValidationError(msg)
+    return _normalize(expression)
+
+
+@lru_cache(maxsize=1024)
+def _normalize(expression: str) -> str:
+    """`normalize_expression` for a str, remembered: thousands of tasks on one
+    expression parse it once (an invalid one raises each time)."""
     text = " ".join(expression.split())
     if text.startswith("@"):
         macro = MACROS.get(text.lower())
