@@ -22,7 +22,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
-from functools import partial
 from heapq import heappop, heappush
 from typing import Any
 
@@ -33,7 +32,7 @@ from anyio.abc import TaskStatus
 from grelmicro.task._cron import CronTask, skip_late
 from grelmicro.task._cron_args import MAX_SLEEP, WallClock
 from grelmicro.task._cron_schedule import CronSchedule
-from grelmicro.task._scheduler import BATCH
+from grelmicro.task._scheduler import BATCH, cancel_and_wait, task_creator
 
 logger = logging.getLogger("grelmicro.task")
 
@@ -118,12 +117,7 @@ class CronScheduler:
                     handle.cancel()
             self._timer = self._starter = None
             self._pending.clear()
-            running = list(self._running)
-            for run in running:
-                run.cancel()
-            if running:
-                with anyio.CancelScope(shield=True):
-                    await asyncio.gather(*running, return_exceptions=True)
+            await cancel_and_wait(self._running)
 
     def _push(self, index: int) -> None:
         group = self._groups[index]
@@ -171,11 +165,7 @@ class CronScheduler:
         loop = self._loop
         pending = self._pending
         running = self._running
-        create_task = (
-            partial(asyncio.Task, loop=loop)
-            if loop.get_task_factory() is None
-            else loop.create_task
-        )
+        create_task = task_creator(loop)
         run = self._run
         for _ in range(min(BATCH, len(pending))):
             task, fire = pending.popleft()

@@ -7,9 +7,10 @@ import bisect
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from functools import partial
 from heapq import heappop, heappush
+from typing import Any
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -35,6 +36,28 @@ BATCH = 128
 #: At most this late (and at most a twentieth of the task's interval), a
 #: coordinated attempt joins the attempts due just before it.
 COALESCE_SECONDS = 0.03
+
+
+def task_creator(
+    loop: asyncio.AbstractEventLoop,
+) -> Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]:
+    """How a scheduler starts its short-lived run tasks on `loop`: without a
+    task factory, the tasks are built directly (what `loop.create_task`
+    would do, minus its checks per call)."""
+    if loop.get_task_factory() is None:
+        return partial(asyncio.Task, loop=loop)
+    return loop.create_task
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel a scheduler's running tasks and wait for them, shielded (the
+    scheduler itself is being cancelled)."""
+    running = list(tasks)
+    for task in running:
+        task.cancel()
+    if running:
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 class IntervalScheduler:
@@ -103,12 +126,7 @@ class IntervalScheduler:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            running = list(self._running.values())
-            for attempt in running:
-                attempt.cancel()
-            if running:
-                with anyio.CancelScope(shield=True):
-                    await asyncio.gather(*running, return_exceptions=True)
+            await cancel_and_wait(self._running.values())
 
     def _schedule_timer(self) -> None:
         heap = self._heap
@@ -125,13 +143,7 @@ class IntervalScheduler:
         heap = self._heap
         tasks = self._tasks
         running = self._running
-        # Without a task factory, the tasks are built directly (what
-        # loop.create_task would do, minus its checks per call).
-        create_task = (
-            partial(asyncio.Task, loop=loop)
-            if loop.get_task_factory() is None
-            else loop.create_task
-        )
+        create_task = task_creator(loop)
         run = self._run
         # Checked once per batch: without metrics a local run needs no hooks.
         run_local = self._run if _metrics.ENABLED.on else self._run_local
