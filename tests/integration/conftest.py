@@ -17,6 +17,7 @@ from uuid import uuid4
 
 import anyio
 import pytest
+from redis.asyncio import Redis
 
 from grelmicro.sync import _backends
 from grelmicro.sync.abc import SyncBackend
@@ -57,6 +58,16 @@ class BackendCase:
     def expiry_deadline(self, duration: float) -> float:
         """Seconds within which a `duration` lease must have expired (generous)."""
         return math.ceil(duration) + self.slack + 2.0
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[Redis]:
+    """A plain redis-py client on the test Redis (to look at or change keys)."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 def nats_backend_available() -> bool:

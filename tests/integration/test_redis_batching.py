@@ -30,15 +30,6 @@ def names(count: int) -> list[str]:
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def backend(redis_url: str) -> AsyncIterator[RedisSyncBackend]:
     async with RedisSyncBackend(redis_url, auto_register=False) as backend:
         await backend.locked(name="connect")  # connected before counting

@@ -26,15 +26,6 @@ def slow_polling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(redis_backend_module, "RELEASE_POLL_INTERVAL", 60.0)
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 def name() -> str:
     return f"watch-{uuid4().hex[:8]}"
 
