@@ -454,3 +454,49 @@ def test_cancel_without_provider() -> None:
         _metrics.start_run("job", scheduled_at=time.time()).cancel()
     finally:
         _metrics.use_providers(reset=True)
+
+
+@pytest.mark.anyio
+async def test_local_cron_runs_on_the_shared_timer_are_measured(otel: Otel) -> None:
+    """Local cron tasks run from the manager's one cron timer: each run is
+    counted with its outcome, and has its span with the fire time."""
+    import anyio
+
+    from grelmicro.task import TaskManager, current_run
+
+    fires: dict[str, list[float]] = {"ok": [], "failing": []}
+    manager = TaskManager()
+
+    @manager.cron("* * * * * *", name="ok", local=True)
+    async def ok() -> None:
+        fires["ok"].append(current_run().scheduled_at.timestamp())
+
+    @manager.cron("* * * * * *", name="failing", local=True)
+    def failing() -> None:  # a sync function, in a worker thread
+        fires["failing"].append(current_run().scheduled_at.timestamp())
+        msg = "boom"
+        raise ValueError(msg)
+
+    async with manager:
+        with anyio.fail_after(6):
+            while min(len(f) for f in fires.values()) < 2:
+                await anyio.sleep(0.05)
+        # Stop half-way between two fires: no run is cut off by the stop.
+        await anyio.sleep((0.5 - time.time() % 1) % 1)
+    ran = {name: len(f) for name, f in fires.items()}
+    assert otel.value(RUNS, task_name="ok", task_outcome="success") == ran["ok"]
+    assert (
+        otel.value(
+            RUNS, task_name="failing", task_outcome="error", error_type="ValueError"
+        )
+        == ran["failing"]
+    )
+    by_task: dict[str, list[str]] = {"ok": [], "failing": []}
+    for span in otel.spans():
+        attributes = dict(span.attributes or {})
+        by_task[str(attributes["task.name"])].append(
+            str(attributes["task.scheduled_at"])
+        )
+    for name, times in fires.items():
+        expected = [datetime.fromtimestamp(t, UTC).isoformat() for t in times]
+        assert sorted(by_task[name]) == sorted(expected)
