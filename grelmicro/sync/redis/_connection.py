@@ -40,6 +40,41 @@ MAX_CONNECTIONS = 8
 _GUARDIANS: set[asyncio.Task[None]] = set()
 
 
+class _Lane:
+    """One connection of the backend's own pool, kept for calls sent alone
+    (`ClientSource.lane`), on one event loop.
+
+    A guardian task gives the connection back to the pool when the lane is
+    released (replaced, or the backend exits) or when its event loop ends.
+    """
+
+    __slots__ = ("base", "client", "done", "guardian", "loop")
+
+    def __init__(self, base: Redis) -> None:
+        self.base = base
+        self.client = base.client()
+        self.loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()
+        self.guardian = self.loop.create_task(
+            _release_when(self.done, self.client),
+            name="grelmicro-redis-lane-release",
+        )
+        _GUARDIANS.add(self.guardian)
+        self.guardian.add_done_callback(_GUARDIANS.discard)
+
+    def release(self) -> asyncio.Task[None] | None:
+        """Give the connection back; the releasing task, when on this loop."""
+        if self.guardian.done():
+            return None
+        loop = self.loop
+        if loop is asyncio.get_running_loop():
+            self.done.set()
+            return self.guardian
+        if loop.is_running() and not loop.is_closed():
+            loop.call_soon_threadsafe(self.done.set)
+        return None
+
+
 class ClientSource:
     """The backend's client, and the bound on its commands in flight."""
 
@@ -48,10 +83,6 @@ class ClientSource:
         "_concurrency",
         "_guardian",
         "_lane",
-        "_lane_base",
-        "_lane_done",
-        "_lane_guardian",
-        "_lane_loop",
         "_limit",
         "_limit_loop",
         "_owned",
@@ -86,11 +117,7 @@ class ClientSource:
         self._limit_loop: asyncio.AbstractEventLoop | None = None
         # The client for calls sent alone: one connection of the same pool,
         # kept (see `lane`).
-        self._lane: Redis | None = None
-        self._lane_base: Redis | None = None
-        self._lane_loop: asyncio.AbstractEventLoop | None = None
-        self._lane_guardian: asyncio.Task[None] | None = None
-        self._lane_done: asyncio.Event | None = None
+        self._lane: _Lane | None = None
 
     @property
     def url(self) -> str | None:
@@ -170,45 +197,22 @@ class ClientSource:
         if self._url is None:
             return client
         lane = self._lane
-        if lane is not None and self._lane_base is client:
-            loop = asyncio.get_running_loop()
-            if self._lane_loop is loop:
-                return lane
+        if (
+            lane is not None
+            and lane.base is client
+            and lane.loop is asyncio.get_running_loop()
+        ):
+            return lane.client
         if isinstance(client, RedisCluster):
             return client
-        return self._new_lane(client)
-
-    def _new_lane(self, client: Redis) -> Redis:
         self._release_lane()
-        loop = asyncio.get_running_loop()
-        lane = client.client()
-        done = asyncio.Event()
-        self._lane, self._lane_base, self._lane_loop = lane, client, loop
-        self._lane_done = done
-        # Gives the connection back to the pool when the lane is replaced,
-        # when the backend exits, or when this event loop ends.
-        guardian = loop.create_task(
-            _release_when(done, lane), name="grelmicro-redis-lane-release"
-        )
-        _GUARDIANS.add(guardian)
-        guardian.add_done_callback(_GUARDIANS.discard)
-        self._lane_guardian = guardian
-        return lane
+        self._lane = lane = _Lane(client)
+        return lane.client
 
     def _release_lane(self) -> asyncio.Task[None] | None:
         """Have the current lane's connection given back; its releasing task."""
-        done, guardian = self._lane_done, self._lane_guardian
-        self._lane = self._lane_base = self._lane_loop = None
-        self._lane_done = self._lane_guardian = None
-        if done is None or guardian is None or guardian.done():
-            return None
-        loop = guardian.get_loop()
-        if loop is asyncio.get_running_loop():
-            done.set()
-            return guardian
-        if loop.is_running() and not loop.is_closed():
-            loop.call_soon_threadsafe(done.set)
-        return None
+        lane, self._lane = self._lane, None
+        return None if lane is None else lane.release()
 
     def limit(self) -> asyncio.Semaphore | None:
         """The semaphore bounding commands in flight on this loop (None: no bound)."""
