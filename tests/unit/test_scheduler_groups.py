@@ -71,13 +71,26 @@ async def test_coordinated_attempts_ending_apart_start_together() -> None:
         for index in range(TASKS):
             wait = starts[index][attempt] - ends[index][attempt - 1]
             assert wait >= INTERVAL - 1e-6  # never early
-            # Late by at most the window (plus the other runs' spread and
-            # the loop's timer slack).
-            assert wait <= INTERVAL + window + 0.008 + 0.02
+            # Late by at most the window, plus the other runs' spread and a
+            # generous slack for a loaded event loop (a CI run once took
+            # 20.2 ms): the timing itself is the benchmarks' to measure.
+            assert wait <= INTERVAL + window + 0.008 + 0.1
 
 
-async def test_local_attempts_are_not_delayed() -> None:
-    """Local tasks start right when due (no coalescing window)."""
+async def test_local_attempts_are_not_delayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Local tasks start right when due: they never join a coalescing slot."""
+    joined: list[float] = []
+    join_slot = scheduler.IntervalScheduler._join_slot
+
+    def spy(
+        self: scheduler.IntervalScheduler, due: float, interval: float, now: float
+    ) -> float:
+        joined.append(due)
+        return join_slot(self, due, interval, now)
+
+    monkeypatch.setattr(scheduler.IntervalScheduler, "_join_slot", spy)
     manager = TaskManager()
     loop = asyncio.get_running_loop()
     starts: list[float] = []
@@ -88,11 +101,24 @@ async def test_local_attempts_are_not_delayed() -> None:
         starts.append(loop.time())
         ends.append(loop.time())
 
+    @manager.interval(
+        seconds=INTERVAL,
+        min_lock_seconds=0.1,
+        max_lock_seconds=1,
+        backend=MemorySyncBackend(auto_register=False),
+    )
+    async def coordinated() -> None:
+        return None
+
     async with manager:
         await anyio.sleep(1.3)
     waits = [b - a for a, b in zip(ends, starts[1:], strict=False)]
     assert waits
-    assert all(INTERVAL - 1e-6 <= wait < INTERVAL + 0.015 for wait in waits)
+    # Never early; late only by the loop's own slack (generous: timing is
+    # the benchmarks' to measure).
+    assert all(INTERVAL - 1e-6 <= wait < INTERVAL + 0.1 for wait in waits)
+    # Only the coordinated task's attempts joined slots.
+    assert 1 <= len(joined) <= 3
 
 
 async def test_a_group_of_coordinated_attempts_announces_a_burst() -> None:
