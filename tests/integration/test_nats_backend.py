@@ -867,72 +867,77 @@ async def test_replicated_bucket_on_a_cluster(
         assert await backend.release(name="x", token="a")
 
 
-@pytest.mark.anyio
-async def test_a_loser_asks_once_per_attempt(nats_url: str, bucket: str) -> None:
-    """Once a worker knows who holds a key and until when, a failed attempt
-    costs one publish, and taking over after the lease is one publish too."""
-    lock = name()
+@pytest.fixture
+async def loser_pair(
+    nats_url: str, bucket: str
+) -> AsyncIterator[tuple[NatsSyncBackend, NatsSyncBackend, Client]]:
+    """Two workers on one bucket: `a` on its own URL connection, `b` on a
+    borrowed client whose messages the test counts (`sent(client)`)."""
     client = await nats.connect(nats_url)
     try:
         async with (
             backend_for(nats_url, bucket) as a,
             NatsSyncBackend(client=client, bucket=bucket, auto_register=False) as b,
         ):
-            assert await a.acquire(name=lock, token="a", duration=0.5)
-            before = sent(client)
-            first = await b.acquire_or_remaining(name=lock, token="b", duration=5)
-            assert 0 < first <= 0.5
-            assert sent(client) - before <= 3  # connect, publish, read
-            before = sent(client)
-            again = await b.acquire_or_remaining(name=lock, token="b", duration=5)
-            assert 0 < again <= first
-            assert sent(client) - before == 1
-            await anyio.sleep(again + 0.05)
-            before = sent(client)
-            assert await b.acquire_or_remaining(name=lock, token="b", duration=5) == 0
-            assert sent(client) - before == 1
-            assert await b.owned(name=lock, token="b")
+            yield a, b, client
     finally:
         await client.close()
+
+
+@pytest.mark.anyio
+async def test_a_loser_asks_once_per_attempt(
+    loser_pair: tuple[NatsSyncBackend, NatsSyncBackend, Client],
+) -> None:
+    """Once a worker knows who holds a key and until when, a failed attempt
+    costs one publish, and taking over after the lease is one publish too."""
+    a, b, client = loser_pair
+    lock = name()
+    assert await a.acquire(name=lock, token="a", duration=0.5)
+    before = sent(client)
+    first = await b.acquire_or_remaining(name=lock, token="b", duration=5)
+    assert 0 < first <= 0.5
+    assert sent(client) - before <= 3  # connect, publish, read
+    before = sent(client)
+    again = await b.acquire_or_remaining(name=lock, token="b", duration=5)
+    assert 0 < again <= first
+    assert sent(client) - before == 1
+    await anyio.sleep(again + 0.05)
+    before = sent(client)
+    assert await b.acquire_or_remaining(name=lock, token="b", duration=5) == 0
+    assert sent(client) - before == 1
+    assert await b.owned(name=lock, token="b")
 
 
 @pytest.mark.anyio
 async def test_a_loser_learns_a_new_holder_from_the_failed_write(
-    nats_url: str, bucket: str
+    loser_pair: tuple[NatsSyncBackend, NatsSyncBackend, Client],
 ) -> None:
     """After the last holding it knew has ended, a loser whose write fails on
     a newer sequence (another worker took the key) answers busy without
     reading the entry: one publish. The entry is read only when needed."""
+    a, b, client = loser_pair
     lock = name()
-    client = await nats.connect(nats_url)
-    try:
-        async with (
-            backend_for(nats_url, bucket) as a,
-            NatsSyncBackend(client=client, bucket=bucket, auto_register=False) as b,
-        ):
-            assert await a.acquire(name=lock, token="a", duration=0.4)
-            first = await b.acquire_fenced(name=lock, token="b", duration=0.4)
-            assert first.fence is None
-            assert 0 < first.remaining <= 0.4
-            await anyio.sleep(first.remaining + 0.05)
-            # The lease ended; `a` takes the key again before `b` tries.
-            assert await a.acquire(name=lock, token="a", duration=0.4)
-            before = sent(client)
-            busy = await b.acquire_fenced(name=lock, token="b", duration=0.4)
-            assert sent(client) - before == 1  # the write; no read
-            assert busy.fence is None
-            assert busy.remaining == 0.4  # the last holding's lease
-            # Still there at the next attempt, before it could end: read
-            # (the answer may also have been a release), then busy.
-            before = sent(client)
-            again = await b.acquire_fenced(name=lock, token="b", duration=0.4)
-            assert sent(client) - before == 2
-            assert again.fence is None
-            assert 0 < again.remaining <= 0.4
-            # A release after a holding that had not ended: read, then taken.
-            assert await a.release(name=lock, token="a")
-            taken = await b.acquire_fenced(name=lock, token="b", duration=5)
-            assert taken.fence is not None
-            assert await b.owned(name=lock, token="b")
-    finally:
-        await client.close()
+    assert await a.acquire(name=lock, token="a", duration=0.4)
+    first = await b.acquire_fenced(name=lock, token="b", duration=0.4)
+    assert first.fence is None
+    assert 0 < first.remaining <= 0.4
+    await anyio.sleep(first.remaining + 0.05)
+    # The lease ended; `a` takes the key again before `b` tries.
+    assert await a.acquire(name=lock, token="a", duration=0.4)
+    before = sent(client)
+    busy = await b.acquire_fenced(name=lock, token="b", duration=0.4)
+    assert sent(client) - before == 1  # the write; no read
+    assert busy.fence is None
+    assert busy.remaining == 0.4  # the last holding's lease
+    # Still there at the next attempt, before it could end: read
+    # (the answer may also have been a release), then busy.
+    before = sent(client)
+    again = await b.acquire_fenced(name=lock, token="b", duration=0.4)
+    assert sent(client) - before == 2
+    assert again.fence is None
+    assert 0 < again.remaining <= 0.4
+    # A release after a holding that had not ended: read, then taken.
+    assert await a.release(name=lock, token="a")
+    taken = await b.acquire_fenced(name=lock, token="b", duration=5)
+    assert taken.fence is not None
+    assert await b.owned(name=lock, token="b")
