@@ -82,11 +82,14 @@ class RecordingBackend:
         result: int | None = await self.inner.last_fire(name=name)
         return result
 
-    async def claim_fire(self, *, name: str, fire: int, token: str, lease: Any) -> Any:
+    async def claim_fire(
+        self, *, name: str, fire: int, token: str, lease: Any, after: Any = None
+    ) -> Any:
         fence = await self.inner.claim_fire(
-            name=name, fire=fire, token=token, lease=lease
+            name=name, fire=fire, token=token, lease=lease, after=after
         )
-        self.recorder.add(self.worker, "busy" if fence is None else "claimed", fire)
+        if fence != 0:  # 0: an earlier fire is to be claimed first
+            self.recorder.add(self.worker, "busy" if fence is None else "claimed", fire)
         return fence
 
     async def keep_fire(self, *, name: str, fire: int, token: str, lease: float) -> Any:

@@ -8,7 +8,7 @@ backends only through it.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Annotated, NamedTuple, Protocol, Self, runtime_checkable
+from typing import Annotated, Final, NamedTuple, Protocol, Self, runtime_checkable
 
 from typing_extensions import Doc
 
@@ -197,6 +197,10 @@ class NameCheckBackend(Protocol):
         ...
 
 
+#: `FireClaimBackend.claim_fire`'s answer when an earlier fire is unclaimed.
+FIRE_BEHIND: Final = 0
+
+
 class FireRetake(NamedTuple):
     """The answer of `FireClaimBackend.retake_fire`."""
 
@@ -234,6 +238,13 @@ class FireClaimBackend(Protocol):
             float | None,
             Doc("None: the claim is final; else a lease of that many seconds."),
         ],
+        after: Annotated[
+            int | None,
+            Doc(
+                "The fire before `fire` that must be claimed first (ms); "
+                "None: `fire` may pass over unclaimed fires."
+            ),
+        ] = None,
     ) -> int | None:
         """Claim `fire` if it is later than every fire claimed before for `name`.
 
@@ -243,6 +254,12 @@ class FireClaimBackend(Protocol):
         held by `token` on this fire, kept with `keep_fire` while the run
         lasts and ended by `finish_fire`; if the claimant dies, the lease
         expires on the server and `retake_fire` lets another worker run it.
+
+        With `after`, claims stay in order: when fires were claimed for
+        `name` but the latest is older than `after` (so `after`, and maybe
+        fires before it, are still unclaimed), nothing is written and the
+        answer is `FIRE_BEHIND` (0): the caller claims the earlier fires
+        first. A name with no claim yet accepts any fire.
         """
         ...
 
@@ -288,6 +305,7 @@ class FireClaimBackend(Protocol):
 
 
 __all__ = [
+    "FIRE_BEHIND",
     "FencedAcquire",
     "FencingBackend",
     "FireClaimBackend",

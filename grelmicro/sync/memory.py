@@ -9,7 +9,8 @@ import anyio
 from typing_extensions import Doc
 
 from grelmicro.sync._backends import RegisteredBackend, register_backend
-from grelmicro.sync.abc import FencedAcquire, FireRetake
+from grelmicro.sync._fire_args import check_after
+from grelmicro.sync.abc import FIRE_BEHIND, FencedAcquire, FireRetake
 
 #: Seconds a completed leased fire is remembered, past its lease, so that a
 #: worker watching it learns it completed (see `retake_fire`).
@@ -168,12 +169,22 @@ class MemorySyncBackend(RegisteredBackend):
         return self._fires.get(name)
 
     async def claim_fire(
-        self, *, name: str, fire: int, token: str, lease: float | None
+        self,
+        *,
+        name: str,
+        fire: int,
+        token: str,
+        lease: float | None,
+        after: int | None = None,
     ) -> int | None:
-        """Claim `fire` when it is later than every fire claimed for `name`."""
+        """Claim `fire` when it is later than every fire claimed for `name`
+        (and, with `after`, when `after` was claimed: else `FIRE_BEHIND`)."""
+        check_after(after, fire)
         last = self._fires.get(name)
         if last is not None and fire <= last:
             return None
+        if last is not None and after is not None and last < after:
+            return FIRE_BEHIND
         self._fires[name] = fire
         fence = self._next_fence(name)
         if lease is not None:

@@ -35,7 +35,12 @@ from grelmicro.sync._primitive import (
     call_backend,
     worker_id,
 )
-from grelmicro.sync.abc import FireClaimBackend, NameCheckBackend, SyncBackend
+from grelmicro.sync.abc import (
+    FIRE_BEHIND,
+    FireClaimBackend,
+    NameCheckBackend,
+    SyncBackend,
+)
 from grelmicro.sync.errors import SyncBackendError
 from grelmicro.sync.lock import Lock
 from grelmicro.task._cron_args import (
@@ -199,6 +204,8 @@ class CronTask(SyncErrorLog):
             if backend is not None:
                 cursor, first_start = await self._catch_up(backend, task_group, start)
             fires = schedule.iter_after(cursor)
+            # The fire before the next one, when the loop just handled it.
+            previous: float | None = None
             while (fire := next(fires, None)) is not None:
                 await clock.sleep_until(fire)
                 now = clock.now()
@@ -206,15 +213,24 @@ class CronTask(SyncErrorLog):
                     first_start = False
                     resume = await self._resume_point(backend, now)
                     if resume is not None:
-                        fires = schedule.iter_after(resume)
+                        fires, previous = schedule.iter_after(resume), None
                         continue
                 due, fires = skip_late(schedule, fire, now, fires, self._name)
+                if due != fire:
+                    previous = None
                 if self.past_grace(due, now):
+                    previous = due
                     continue
                 if backend is None:
                     task_group.start_soon(self.run_local, due)
                 else:
-                    await self._claim(backend, task_group, due)
+                    after = self._after(due, previous, now)
+                    fence = await self._claim(backend, task_group, due, after=after)
+                    if fence == FIRE_BEHIND:
+                        resume = await self._behind(backend, due, now)
+                        fires, previous = schedule.iter_after(resume), None
+                        continue
+                previous = due
             logger.info("Cron task has no more fires: %s", self._name)
             await anyio.sleep_forever()
 
@@ -238,6 +254,55 @@ class CronTask(SyncErrorLog):
             await self._run_function()
         else:
             await self._execute(fire, None, None, None)
+
+    def _after(self, fire: float, previous: float | None, now: float) -> float | None:
+        """The fire that must be claimed before `fire` (claims stay in
+        order), or None when `fire` may pass over unclaimed fires: those are
+        older than the catch-up horizon or than the misfire grace (no worker
+        runs them).
+
+        `previous` is the fire the loop handled just before, when it is
+        `fire`'s predecessor in the schedule; else it is computed.
+        """
+        if previous is None:
+            previous = self.schedule.latest_at_or_before(fire - 0.001)
+        if previous is None or previous < now - CATCH_UP_HORIZON:
+            return None
+        grace = self.misfire_grace_seconds
+        if grace is not None and now - previous > grace:
+            return None
+        return previous
+
+    async def _behind(
+        self, backend: FireClaimBackend, fire: float, now: float
+    ) -> float:
+        """The instant to go on from when the claim of `fire` found earlier
+        fires unclaimed: the latest claimed fire (those after it are claimed
+        in order, and run, by this worker), or the catch-up horizon.
+
+        This happens when the latest claim passed over no fire but another
+        worker has not claimed the next ones yet: on a task's very first start
+        (workers with clocks apart each begin at a different fire), or when a
+        claim was lost on the way.
+        """
+        horizon = now - CATCH_UP_HORIZON
+        try:
+            stored = await self._backend_call(
+                lambda: backend.last_fire(name=self.key), "last_fire"
+            )
+        except SyncBackendError as exc:
+            self._log_sync_error(exc)
+            # Unknown: go on after `fire` (as if it had been claimed).
+            return fire
+        if stored is None:  # pragma: no cover - a mark never goes away
+            return max(fire - 0.001, horizon)
+        logger.debug(
+            "Cron fires unclaimed before %s: %s claims them from %s",
+            to_datetime(fire).isoformat(),
+            self._name,
+            to_datetime(stored / 1000).isoformat(),
+        )
+        return max(stored / 1000, horizon)
 
     async def _resume_point(
         self, backend: FireClaimBackend, now: float
@@ -326,16 +391,27 @@ class CronTask(SyncErrorLog):
         *,
         run: bool = True,
         final: bool = False,
+        after: float | None = None,
     ) -> int | None:
-        """Claim `fire`; start its run if claimed, else watch it (at-least-once)."""
+        """Claim `fire`; start its run if claimed, else watch it (at-least-once).
+
+        Returns the fencing token when claimed, None when another worker
+        claimed it, `FIRE_BEHIND` when the fire `after` is not claimed yet
+        (nothing was written).
+        """
         fire_ms = to_ms(fire)
+        after_ms = None if after is None else to_ms(after)
         leased = self.at_least_once and not final
         lease = self.lease_seconds if leased else None
         started = time.monotonic()
         try:
             fence = await self._backend_call(
                 lambda: backend.claim_fire(
-                    name=self.key, fire=fire_ms, token=self.worker, lease=lease
+                    name=self.key,
+                    fire=fire_ms,
+                    token=self.worker,
+                    lease=lease,
+                    after=after_ms,
                 ),
                 f"claim_fire(fire={fire_ms})",
             )
@@ -345,10 +421,12 @@ class CronTask(SyncErrorLog):
             if leased and run:  # the claim may have been stored: watch it
                 task_group.start_soon(self._watch, backend, fire)
             return None
+        self._sync_recovered()
+        if fence == FIRE_BEHIND:
+            return fence
         _metrics.lock_acquire(
             "cron", "busy" if fence is None else "acquired", time.monotonic() - started
         )
-        self._sync_recovered()
         if fence is None:
             if leased and run:
                 task_group.start_soon(self._watch, backend, fire)

@@ -14,12 +14,14 @@ import anyio
 import pytest
 
 from grelmicro.sync.abc import (
+    FIRE_BEHIND,
     FencingBackend,
     FireClaimBackend,
     ReleaseWatchBackend,
     RemainingBackend,
     SyncBackend,
 )
+from grelmicro.sync.errors import SyncSettingsValidationError
 from tests.integration.conftest import BackendCase, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -189,6 +191,52 @@ async def test_an_older_fire_cannot_be_claimed_after_a_later_one(
     assert later is not None
     assert older is None
     assert await claim.last_fire(name=key) == fire
+
+
+async def test_a_claim_after_an_unclaimed_fire_is_behind(backend: SyncBackend) -> None:
+    """With `after`, claims stay in order: a claim whose `after` is later
+    than the latest claimed fire writes nothing and answers FIRE_BEHIND; the
+    fires in between can then be claimed in order."""
+    claim, key = claims(backend), name()
+    first = fire_at(1)
+    # No claim yet: any fire is accepted (the first claim sets the start).
+    assert await claim.claim_fire(
+        name=key, fire=first, token="a", lease=None, after=fire_at(0)
+    )
+    # fire_at(2) is not claimed: fire_at(3) cannot pass over it.
+    behind = await claim.claim_fire(
+        name=key, fire=fire_at(3), token="b", lease=None, after=fire_at(2)
+    )
+    assert behind == FIRE_BEHIND
+    assert await claim.last_fire(name=key) == first  # nothing written
+    second = await claim.claim_fire(
+        name=key, fire=fire_at(2), token="b", lease=None, after=first
+    )
+    third = await claim.claim_fire(
+        name=key, fire=fire_at(3), token="b", lease=5, after=fire_at(2)
+    )
+    assert second
+    assert third
+    assert third > second
+    # A fire already claimed is still answered None (not behind).
+    assert (
+        await claim.claim_fire(
+            name=key, fire=fire_at(2), token="c", lease=None, after=fire_at(1)
+        )
+        is None
+    )
+    # Without `after`, a claim may pass over unclaimed fires.
+    assert await claim.claim_fire(name=key, fire=fire_at(6), token="c", lease=None)
+
+
+async def test_claim_after_must_be_before_the_fire(backend: SyncBackend) -> None:
+    claim, key = claims(backend), name()
+    fire = fire_at(1)
+    with pytest.raises(SyncSettingsValidationError, match="after must be earlier"):
+        await claim.claim_fire(name=key, fire=fire, token="a", lease=None, after=fire)
+    with pytest.raises(SyncSettingsValidationError, match="after must be a non-neg"):
+        await claim.claim_fire(name=key, fire=fire, token="a", lease=None, after=-1)
+    assert await claim.last_fire(name=key) is None
 
 
 async def test_claims_issue_growing_tokens(backend: SyncBackend) -> None:

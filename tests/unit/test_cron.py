@@ -16,7 +16,7 @@ from anyio import wait_all_tasks_blocked
 from grelmicro import _metrics
 from grelmicro.errors import SettingsValidationError
 from grelmicro.sync import Lock
-from grelmicro.sync.abc import FireRetake
+from grelmicro.sync.abc import FIRE_BEHIND, FireRetake
 from grelmicro.sync.errors import BackendNotLoadedError
 from grelmicro.sync.memory import MemorySyncBackend
 from grelmicro.task import Run, TaskManager, TaskRouter, _cron, current_run
@@ -73,12 +73,20 @@ class ScriptedBackend(MemorySyncBackend):
         self.fail_retakes = False
 
     async def claim_fire(
-        self, *, name: str, fire: int, token: str, lease: float | None
+        self,
+        *,
+        name: str,
+        fire: int,
+        token: str,
+        lease: float | None,
+        after: int | None = None,
     ) -> int | None:
         if self.fail_claims:
             msg = "connection refused"
             raise ConnectionError(msg)
-        return await super().claim_fire(name=name, fire=fire, token=token, lease=lease)
+        return await super().claim_fire(
+            name=name, fire=fire, token=token, lease=lease, after=after
+        )
 
     async def keep_fire(
         self, *, name: str, fire: int, token: str, lease: float
@@ -466,7 +474,10 @@ async def test_backend_errors_are_logged_and_do_not_stop_the_task(
             backend.fail_claims = False
             await clock.advance(T0 + 3)
             tg.cancel_scope.cancel()
-    assert recorder.fires == [T0 + 3]
+    # The fires whose claims failed were never claimed: once the backend
+    # answers, the next claim finds them unclaimed (claims stay in order) and
+    # this worker claims and runs them, in order, before T0 + 3.
+    assert recorder.fires == [T0 + 1, T0 + 2, T0 + 3]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert errors[0].message == "Task synchronization error: job"
     assert "cron:job" in str(errors[0].exc_info[1])  # type: ignore[index]
@@ -544,6 +555,59 @@ async def test_a_first_start_goes_on_from_a_fire_claimed_meanwhile() -> None:
         tg.cancel_scope.cancel()
     assert recorder.fires == [T0 + i for i in range(3, 11)]
     assert backend.reads == 2
+
+
+class ClaimedFirst(MemorySyncBackend):
+    """Nothing is claimed when the task reads (twice); a worker with a slower
+    clock claims `fire` as its very first claim an instant before this
+    worker's first claim arrives (the two first claims race)."""
+
+    def __init__(self, fire: float) -> None:
+        super().__init__(auto_register=False)
+        self.fire = fire
+        self.raced = False
+        self.behind = 0
+
+    async def claim_fire(
+        self,
+        *,
+        name: str,
+        fire: int,
+        token: str,
+        lease: float | None,
+        after: int | None = None,
+    ) -> int | None:
+        if not self.raced:
+            self.raced = True
+            assert await super().claim_fire(
+                name=name, fire=round(self.fire * 1000), token="slow", lease=None
+            )
+        answer = await super().claim_fire(
+            name=name, fire=fire, token=token, lease=lease, after=after
+        )
+        self.behind += answer == FIRE_BEHIND
+        return answer
+
+
+async def test_simultaneous_first_claims_leave_no_fire_unclaimed() -> None:
+    """The task's very first start on two workers with clocks 3 s apart,
+    both stalled: the slow one's first claim (T0 + 2) lands just before the
+    fast one's (T0 + 5, the first fire of its window). The fast worker's
+    claim carries the fire before it, finds it unclaimed, and the fast
+    worker claims and runs the fires from T0 + 3 in order: none is left
+    between the two first claims (a claim that passed over T0 + 3 and
+    T0 + 4 would leave them unclaimable)."""
+    backend = ClaimedFirst(T0 + 2)
+    recorder = Recorder()
+    clock = FakeClock(T0 + 8.5)  # its window begins at T0 + 4.5
+    task = make_task(recorder, clock=clock, backend=backend)
+    async with anyio.create_task_group() as tg:
+        await tg.start(task)
+        await clock.advance(T0 + 10)
+        tg.cancel_scope.cancel()
+    assert recorder.fires == [T0 + i for i in range(3, 11)]
+    assert backend.behind == 1
+    assert await backend.last_fire(name="cron:job") == (T0 + 10) * 1000
 
 
 async def test_a_fire_due_less_than_the_window_ago_is_on_time() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from grelmicro.sync.abc import FireRetake
+from grelmicro.sync.abc import FIRE_BEHIND, FireRetake
 from grelmicro.sync.nats._codec import ttl_seconds
 from grelmicro.sync.nats._jetstream import EXPECTED, FENCE, TTL
 from grelmicro.sync.nats._locks import ATTEMPTS
@@ -79,19 +79,30 @@ class Fires:
         fire: int,
         token: str,
         lease: float | None,
+        after: int | None = None,
     ) -> int | None:
-        """Claim `fire`; its fencing token, or None when it (or a later) was claimed."""
+        """Claim `fire`; its fencing token, or None when it (or a later) was
+        claimed, or `FIRE_BEHIND` when the latest claimed is older than `after`."""
         operation = "claim_fire"
         hw = high_water_key(key)
         known = self.known.get(hw)
         last: int | None
+        # Whether `last` is the mark this process remembers (maybe stale).
+        cached = False
         if known is not None and known.token is not None and known.token.isdigit():
-            expected, last = known.seq, int(known.token)
+            expected, last, cached = known.seq, int(known.token), True
         else:
             expected, last = await self._high_water(nc, operation, name, hw)
         for _ in range(ATTEMPTS):
             if last is not None and fire <= last:
                 return None
+            if last is not None and after is not None and last < after:
+                if not cached:
+                    return FIRE_BEHIND
+                # The remembered mark may be stale: read it before answering.
+                cached = False
+                expected, last = await self._high_water(nc, operation, name, hw)
+                continue
             value = str(fire)
             seq, _hint = await self.js.put(
                 nc, hw, value.encode(), {EXPECTED: str(expected)}, operation, name
@@ -99,6 +110,7 @@ class Fires:
             if seq:
                 self.known.remember(hw, seq, value, seq)
                 break
+            cached = False
             expected, last = await self._high_water(nc, operation, name, hw)
         else:
             return None

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from typing_extensions import Doc
 
 from grelmicro.sync._backends import RegisteredBackend, register_backend
+from grelmicro.sync._fire_args import check_after, check_fire
 from grelmicro.sync.abc import FencedAcquire, FireRetake
 from grelmicro.sync.errors import SyncSettingsValidationError
 from grelmicro.sync.nats._codec import (
@@ -400,18 +401,27 @@ class NatsSyncBackend(RegisteredBackend):
             float | None,
             Doc("None: the claim is final; else a lease of that many seconds."),
         ],
+        after: Annotated[
+            int | None,
+            Doc(
+                "The fire before `fire` that must be claimed first (ms); "
+                "None: `fire` may pass over unclaimed fires."
+            ),
+        ] = None,
     ) -> int | None:
         """Claim `fire` if it is later than every fire claimed before for `name`.
 
         Returns the claim's fencing token (the sequence of the winning write)
-        or None when this fire or a later one was already claimed.
+        or None when this fire or a later one was already claimed; with
+        `after`, `FIRE_BEHIND` when the latest claimed fire is older than it.
         """
         key = self._key(name)
-        _check_fire(fire)
+        check_fire(fire)
+        checked_after = check_after(after, fire)
         if lease is not None:
             ttl_seconds_checked(lease, "lease")
         nc = await self._connection.client("claim_fire", name)
-        return await self._fires.claim(nc, name, key, fire, token, lease)
+        return await self._fires.claim(nc, name, key, fire, token, lease, checked_after)
 
     async def keep_fire(
         self,
@@ -423,7 +433,7 @@ class NatsSyncBackend(RegisteredBackend):
     ) -> bool:
         """Extend the lease on `fire`; False when `token` no longer holds it."""
         key = self._key(name)
-        _check_fire(fire)
+        check_fire(fire)
         ttl_seconds_checked(lease, "lease")
         nc = await self._connection.client("keep_fire", name)
         return await self._fires.keep(nc, name, key, fire, token, lease)
@@ -437,7 +447,7 @@ class NatsSyncBackend(RegisteredBackend):
     ) -> bool:
         """Mark a leased fire completed; False when `token` no longer holds it."""
         key = self._key(name)
-        _check_fire(fire)
+        check_fire(fire)
         nc = await self._connection.client("finish_fire", name)
         return await self._fires.finish(nc, name, key, fire, token)
 
@@ -451,7 +461,7 @@ class NatsSyncBackend(RegisteredBackend):
     ) -> FireRetake:
         """Take over a leased fire whose claimant's lease lapsed unfinished."""
         key = self._key(name)
-        _check_fire(fire)
+        check_fire(fire)
         ttl_seconds_checked(lease, "lease")
         nc = await self._connection.client("retake_fire", name)
         return await self._fires.retake(nc, name, key, fire, token, lease)
@@ -480,12 +490,6 @@ def ttl_seconds_checked(duration: object, parameter: str = "duration") -> int:
     except ValueError as exc:
         message = str(exc).replace("duration", parameter, 1)
         raise SyncSettingsValidationError(message) from exc
-
-
-def _check_fire(fire: object) -> None:
-    if isinstance(fire, bool) or not isinstance(fire, int) or fire < 0:
-        msg = f"fire must be an int of ms since the Unix epoch, got {fire!r}"
-        raise SyncSettingsValidationError(msg)
 
 
 __all__ = ["REQUEST_TIMEOUT", "NatsSyncBackend"]

@@ -22,14 +22,6 @@ def milliseconds(duration: object, parameter: str = "duration") -> int:
     return max(1, math.ceil(round(duration * 1000, 6)))
 
 
-def check_fire(fire: object) -> int:
-    """A fire time: whole milliseconds since the Unix epoch."""
-    if isinstance(fire, bool) or not isinstance(fire, int) or fire < 0:
-        msg = f"fire must be a non-negative int (ms since the Unix epoch), got {fire!r}"
-        raise SyncSettingsValidationError(msg)
-    return fire
-
-
 def check_claimant(token: object) -> str:
     """A fire claimant's token: a non-empty str ('' marks a completed fire)."""
     if not isinstance(token, str) or not token:

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 
-from grelmicro.sync.abc import FireRetake
+from grelmicro.sync._fire_args import check_after, check_fire
+from grelmicro.sync.abc import FIRE_BEHIND, FireRetake
 from grelmicro.sync.errors import SyncBackendError
 from grelmicro.sync.redis import _scripts as scripts
-from grelmicro.sync.redis._config import check_claimant, check_fire, milliseconds
+from grelmicro.sync.redis._config import check_claimant, milliseconds
 from grelmicro.sync.redis._errors import Unacknowledged
 from grelmicro.sync.redis._keys import fire_key
 
@@ -84,14 +85,23 @@ class FireClaims:
             float | None,
             Doc("None: the claim is final; else a lease of that many seconds."),
         ],
+        after: Annotated[
+            int | None,
+            Doc(
+                "The fire before `fire` that must be claimed first (ms); "
+                "None: `fire` may pass over unclaimed fires."
+            ),
+        ] = None,
     ) -> int | None:
         """Claim `fire` if it is later than every fire claimed before for `name`.
 
-        One script: compare with the name's high-water mark, move it, issue a
+        One script: compare with the name's high-water mark (and with
+        `after`: `FIRE_BEHIND` when the mark is older), move it, issue a
         fencing token from the name's counter and, with `lease`, write the
         fire's lease key (expiring on the server).
         """
         check_fire(fire)
+        checked_after = check_after(after, fire)
         check_claimant(token)
         ms = "" if lease is None else milliseconds(lease, "lease")
         key, fence = self._keys(name)
@@ -104,6 +114,7 @@ class FireClaims:
                 fire,
                 token,
                 ms,
+                "" if checked_after is None else checked_after,
                 replicated=True,
             )
         except Unacknowledged as exc:
@@ -112,6 +123,8 @@ class FireClaims:
             exc.answer = 0
             await self._give_back(exc, "claim_fire", name, token)
             raise  # pragma: no cover
+        if answer == -1:
+            return FIRE_BEHIND
         return answer if answer > 0 else None
 
     async def keep_fire(

@@ -63,12 +63,18 @@ end
 return 0
 """
 
-# KEYS = F, L; ARGV = fire ms, token, lease ms ('' for a final claim).
-# The new fencing token when `fire` is later than F.fire; else 0.
+# KEYS = F, L; ARGV = fire ms, token, lease ms ('' for a final claim),
+# after ms ('' for none). The new fencing token when `fire` is later than
+# F.fire; else 0; -1 when F.fire is older than `after` (claim it first).
 CLAIM_FIRE = """
 local last = tonumber(redis.call('HGET', KEYS[1], 'fire'))
-if last and tonumber(ARGV[1]) <= last then
-    return 0
+if last then
+    if tonumber(ARGV[1]) <= last then
+        return 0
+    end
+    if ARGV[4] ~= '' and last < tonumber(ARGV[4]) then
+        return -1
+    end
 end
 redis.call('HSET', KEYS[1], 'fire', ARGV[1])
 local fence = redis.call('HINCRBY', KEYS[1], 'last', 1)
