@@ -140,7 +140,7 @@ async def record_run() -> Recorder:
         second_fire = first_fire + 2
         recorder.start = first_fire - 1.0  # times count from 1 s before fire A
         # The fleet has been running: the fire before A was claimed already
-        # (a first start would also run the fires of the last 4 s).
+        # (a first start would also run a fire due in the last 0.5 s).
         await inner.claim_fire(
             name="cron:report",
             fire=round((first_fire - 2) * 1000),

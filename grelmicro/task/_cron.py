@@ -65,16 +65,18 @@ T = TypeVar("T")
 #: The clock skew the claims tolerate: each worker's clock may be this many
 #: seconds off, so two clocks may differ by twice as much.
 CLOCK_SKEW = 2.0
-#: A fire not claimed yet is still on time this long after it was due (by
-#: this worker's clock): a worker that starts, or wakes late, attempts such
-#: fires in order, so that it never claims a later fire before workers with
-#: slower clocks have claimed the earlier ones.
-ON_TIME_WINDOW = 2 * CLOCK_SKEW
+#: On a task's very first start (no fire ever claimed), a fire due this
+#: recently (by this worker's clock) still runs: a task deployed right at a
+#: fire time runs that fire.
+ON_TIME_WINDOW = 0.5
 #: A fire never claimed and older than this means every worker was down (the
-#: missed-fire case). Younger unclaimed fires are attempted in order: another
-#: worker may be working through its own on-time window, from a clock up to
-#: twice the skew behind.
-CATCH_UP_HORIZON = 2 * ON_TIME_WINDOW
+#: missed-fire case: the latest due fire runs once, the older ones are counted
+#: in one WARNING). Younger unclaimed fires are attempted in order: a worker
+#: whose clock is up to twice the skew behind may be about to claim them.
+#: Twice that largest clock difference: the rest is room for the fire
+#: granularity (the latest claimed fire is up to a period old) and for a
+#: worker slowed seconds by a loaded machine.
+CATCH_UP_HORIZON = 4 * CLOCK_SKEW
 #: Seconds a worker watching an at-least-once fire goes on without an answer
 #: from the backend before it stops watching: the backends remember a
 #: completed fire for 60 s, and a takeover after they forgot could run it again.
@@ -312,12 +314,12 @@ class CronTask(SyncErrorLog):
         in order; None if still nothing is claimed (or the read failed).
 
         At start nothing was claimed, so this worker went back
-        `ON_TIME_WINDOW` on its own clock. If it then stalled while a worker
-        with a slower clock began claiming, its next fire may lie after a
-        fire that worker has not reached yet: claiming it first would leave
-        that fire unrun (a claim is accepted only for a fire later than the
-        latest claimed). Going on from the latest claimed fire keeps the
-        claims in order.
+        `ON_TIME_WINDOW` on its own clock. If it then stalled while another
+        worker began claiming, its next fire may lie before the latest
+        claimed fire (its claims would be refused one by one) or after fires
+        that worker has not reached yet (its claim would answer
+        `FIRE_BEHIND`, the claims staying in order). Going on from the
+        latest claimed fire saves those round trips.
         """
         try:
             stored = await self._backend_call(
@@ -338,9 +340,8 @@ class CronTask(SyncErrorLog):
         Returns the instant after which the loop attempts fires in order, and
         whether this is the task's very first start. On the very first start
         (no fire ever claimed), fires due less than `ON_TIME_WINDOW` ago are
-        on time (workers with slower clocks may be about to claim them); the
-        latest claimed fire is read again before the first claim
-        (`_resume_point`). Unclaimed fires younger than `CATCH_UP_HORIZON`
+        on time; the latest claimed fire is read again before the first
+        claim (`_resume_point`). Unclaimed fires younger than `CATCH_UP_HORIZON`
         are attempted in order too (another worker may be claiming them).
         An older fire never claimed means every worker was down: the latest
         due fire runs once (within the grace), the others are counted in one

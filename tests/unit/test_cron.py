@@ -541,13 +541,13 @@ class ClaimedMeanwhile(MemorySyncBackend):
 
 
 async def test_a_first_start_goes_on_from_a_fire_claimed_meanwhile() -> None:
-    """The task's very first start: this worker's window begins 4 s back on
-    its clock (ahead), after fires a slower worker, which has just claimed
-    T0 + 2, has not reached yet. It reads the latest claim again before its
+    """The task's very first start: this worker's window begins 0.5 s back on
+    its clock (3.5 s ahead), after fires a slower worker, which has just
+    claimed T0 + 2, has not reached yet. It reads the latest claim again before its
     first claim and goes on from there, in order: no fire is jumped over."""
     backend = ClaimedMeanwhile(T0 + 2)
     recorder = Recorder()
-    clock = FakeClock(T0 + 8.5)  # its window begins at T0 + 4.5
+    clock = FakeClock(T0 + 5.5)  # its window begins at T0 + 5
     task = make_task(recorder, clock=clock, backend=backend)
     async with anyio.create_task_group() as tg:
         await tg.start(task)
@@ -590,16 +590,16 @@ class ClaimedFirst(MemorySyncBackend):
 
 
 async def test_simultaneous_first_claims_leave_no_fire_unclaimed() -> None:
-    """The task's very first start on two workers with clocks 3 s apart,
-    both stalled: the slow one's first claim (T0 + 2) lands just before the
-    fast one's (T0 + 5, the first fire of its window). The fast worker's
+    """The task's very first start on two workers with clocks 3.5 s apart:
+    the slow one's first claim (T0 + 2) lands just before the fast one's
+    (T0 + 6, the first fire of its window). The fast worker's
     claim carries the fire before it, finds it unclaimed, and the fast
     worker claims and runs the fires from T0 + 3 in order: none is left
-    between the two first claims (a claim that passed over T0 + 3 and
-    T0 + 4 would leave them unclaimable)."""
+    between the two first claims (a claim that passed over T0 + 3 to
+    T0 + 5 would leave them unclaimable)."""
     backend = ClaimedFirst(T0 + 2)
     recorder = Recorder()
-    clock = FakeClock(T0 + 8.5)  # its window begins at T0 + 4.5
+    clock = FakeClock(T0 + 5.5)  # its window begins at T0 + 5
     task = make_task(recorder, clock=clock, backend=backend)
     async with anyio.create_task_group() as tg:
         await tg.start(task)
@@ -611,14 +611,15 @@ async def test_simultaneous_first_claims_leave_no_fire_unclaimed() -> None:
 
 
 async def test_a_fire_due_less_than_the_window_ago_is_on_time() -> None:
-    """Not yet claimed 3 s after it was due: on time (slower clocks may be
-    about to claim it), so a starting worker runs it, once, without WARNING."""
-    for stored in (None, T0 + 20):
+    """A fire due just before the very first start is on time; a fire due 3 s
+    ago after an outage is the latest missed one: either way a starting
+    worker runs it, once, without WARNING."""
+    for stored, now in ((None, T0 + 30.3), (T0 + 20, T0 + 33)):
         backend = MemorySyncBackend(auto_register=False)
         if stored is not None:
             await ran_until(backend, stored)
         recorder = Recorder()
-        clock = FakeClock(T0 + 33)
+        clock = FakeClock(now)
         task = make_task(recorder, "*/10 * * * * *", clock=clock, backend=backend)
         async with anyio.create_task_group() as tg:
             await tg.start(task)
@@ -970,11 +971,12 @@ async def test_a_watcher_without_backend_answers_stops_watching(
 
 
 async def test_a_worker_starting_while_another_works_through_its_window() -> None:
-    """Another worker, its clock 3.5 s behind, has just claimed the first
-    fire of its on-time window: this worker continues in order from there
-    instead of taking the gap for an outage."""
+    """Another worker, its clock 4 s behind (the most two clocks may differ),
+    has just claimed the first fire of its on-time window (T0 - 2, its clock
+    at T0 - 2.5): this worker continues in order from there instead of
+    taking the gap for an outage."""
     backend = MemorySyncBackend(auto_register=False)
-    await ran_until(backend, T0 - 5)
+    await ran_until(backend, T0 - 2)
     ahead = Recorder()
     clock = FakeClock(T0 + 1.5)
     task = make_task(ahead, clock=clock, backend=backend)
@@ -982,4 +984,4 @@ async def test_a_worker_starting_while_another_works_through_its_window() -> Non
         await tg.start(task)
         await clock.advance(T0 + 2)
         tg.cancel_scope.cancel()
-    assert ahead.fires == [T0 + i for i in range(-4, 3)]
+    assert ahead.fires == [T0 + i for i in range(-1, 3)]
