@@ -109,6 +109,37 @@ def skip_late(
     return fire, fires
 
 
+class _LateFires:
+    """Fires due before a restart that a cron task skipped for being older than
+    `misfire_grace_seconds`, counted until reported in one WARNING."""
+
+    __slots__ = ("after", "count", "latest")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.after: float | None = None
+        self.latest = 0.0
+
+    def add(self, fire: float, previous: float | None) -> None:
+        if not self.count:
+            self.after = previous
+        self.count += 1
+        self.latest = fire
+
+    def report(self, name: str, grace: float | None) -> None:
+        after = self.latest if self.after is None else self.after
+        report_missed(
+            name,
+            self.count,
+            capped=False,
+            after=after,
+            due=self.latest,
+            grace=grace,
+            at_start=True,
+        )
+        self.count = 0
+
+
 class CronTask(SyncErrorLog):
     """Runs a function at each fire of a cron schedule, until cancelled.
 
@@ -208,7 +239,13 @@ class CronTask(SyncErrorLog):
             fires = schedule.iter_after(cursor)
             # The fire before the next one, when the loop just handled it.
             previous: float | None = None
+            late = _LateFires()
+            # Fires due before this instant and skipped for the grace are
+            # reported as missed (a restart, not the very first start).
+            missed_before = None if first_start or backend is None else start
             while (fire := next(fires, None)) is not None:
+                if late.count and clock.now() < fire:
+                    late.report(self._name, self.misfire_grace_seconds)
                 await clock.sleep_until(fire)
                 now = clock.now()
                 if first_start and backend is not None:
@@ -221,8 +258,18 @@ class CronTask(SyncErrorLog):
                 if due != fire:
                     previous = None
                 if self.past_grace(due, now):
+                    if missed_before is not None and due <= missed_before:
+                        # Due before this worker started, unclaimed and too
+                        # old now: missed while no worker was up, as far as
+                        # this worker can tell (it is left unclaimed for
+                        # workers whose clocks are behind).
+                        if previous is None:
+                            previous = schedule.latest_at_or_before(due - 0.001)
+                        late.add(due, previous)
                     previous = due
                     continue
+                if late.count:
+                    late.report(self._name, self.misfire_grace_seconds)
                 if backend is None:
                     task_group.start_soon(self.run_local, due)
                 else:

@@ -35,10 +35,15 @@ def report_missed(
     after: float,
     due: float,
     grace: float | None,
+    at_start: bool = False,
 ) -> None:
     """Count `missed` fires and log them in one WARNING.
 
     `grace` is set when the latest missed fire (`due`) was too old to run.
+    `at_start`: fires found unclaimed and too old for the grace by a worker
+    that just started, after an outage shorter than the catch-up horizon
+    (they are left unclaimed, so a worker whose clock is behind may still
+    run them).
     """
     for _ in range(missed):
         _metrics.count_outcome(name, "missed")
@@ -50,6 +55,8 @@ def report_missed(
             f"the latest one, due {latest}, is older than "
             f"misfire_grace_seconds={grace!r}"
         )
+    if at_start:
+        detail += "; not run here, a worker whose clock is behind may still run them"
     logger.warning(
         "Cron task missed %s%d fire(s) while no worker was up: %s "
         "(after the fire of %s; %s)",

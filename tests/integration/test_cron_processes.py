@@ -12,7 +12,7 @@ module takes about as long as one backend would.
   `lease_seconds` plus one retry with `at_least_once=True`, never by default;
 - after every worker was down across fire times, the latest missed fire runs
   once at start, or not at all when older than `misfire_grace_seconds`, with
-  one WARNING counting what was skipped.
+  one WARNING counting what was skipped (also after an outage under 8 s).
 """
 
 from __future__ import annotations
@@ -435,11 +435,17 @@ def test_latest_missed_fire_runs_once_unless_older_than_the_grace(
     expression = f"*/{period} * * * * *"
     plain: list[Fleet] = []
     graced: list[Fleet] = []
+    short: list[Fleet] = []  # a short outage (under 8 s), with a grace
     for kind, url in kinds.items():
         plain.append(new_fleet(fleets, kind, url, tmp_path, "missed", expression))
         graced.append(
             new_fleet(
                 fleets, kind, url, tmp_path, "grace", expression, "--grace", "0.3"
+            )
+        )
+        short.append(
+            new_fleet(
+                fleets, kind, url, tmp_path, "short", expression, "--grace", "0.3"
             )
         )
     # Phase 1: one worker per fleet claims a fire, then every worker stops.
@@ -461,15 +467,37 @@ def test_latest_missed_fire_runs_once_unless_older_than_the_grace(
     go_at = max(last.values()) / 1000 + 3 * period + 2.5  # > 8 s: an outage
     while go_at < time.time() + 0.2:
         go_at += period
+    # The short outage: down across one fire, restarted 2 s after it (the
+    # latest claimed fire is then 5 s old).
+    go_short = max(last[fleet] for fleet in short) / 1000 + period + 2.0
+    assert go_short > time.time() + 0.2, "the first runs took too long"
+    time.sleep(go_short - time.time())
+    early = [w for fleet, w in zip(fleets, second, strict=True) if fleet in short]
+    for worker in early:
+        worker.go()
+    for worker in early:
+        worker.wait_line("started")
     time.sleep(go_at - time.time())
     for worker in second:
-        worker.go()
+        if worker not in early:
+            worker.go()
     for worker in second:
-        worker.wait_line("started")
+        if worker not in early:
+            worker.wait_line("started")
     time.sleep(max(go_at + 1.5 - time.time(), 0.0))  # the next regular fire too
     for fleet in fleets:
         fleet.stop_all()
-    for fleet in fleets:
+    for fleet in short:
+        runs = [r.fire_ms for r in fleet.records() if r.worker == "second"]
+        skipped = last[fleet] + period * 1000
+        (restarted,) = [w for w in fleet.workers if w.name == "second"]
+        warnings = [w for w in restarted.warnings() if "missed" in w]
+        assert skipped not in runs, f"{fleet.summary()}: {runs}"
+        assert skipped + period * 1000 in runs, f"{fleet.summary()}: {runs}"
+        assert len(warnings) == 1, f"{fleet.summary()}: {restarted.stderr()}"
+        assert "missed 1 fire(s)" in warnings[0]
+        assert "misfire_grace_seconds=0.3; not run here" in warnings[0]
+    for fleet in plain + graced:
         stored = last[fleet]
         runs = [r.fire_ms for r in fleet.records() if r.worker == "second"]
         latest = round(go_at * 1000) - 2500
