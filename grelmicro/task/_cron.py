@@ -335,23 +335,32 @@ class CronTask(SyncErrorLog):
         claim was lost on the way.
         """
         horizon = now - CATCH_UP_HORIZON
+        answered, last = await self._latest_claimed(backend)
+        if not answered:
+            return fire  # unknown: go on after `fire` (as if it was claimed)
+        if last is None:  # pragma: no cover - a mark never goes away
+            return max(fire - 0.001, horizon)
+        logger.debug(
+            "Cron fires unclaimed before %s: %s claims them from %s",
+            to_datetime(fire).isoformat(),
+            self._name,
+            to_datetime(last).isoformat(),
+        )
+        return max(last, horizon)
+
+    async def _latest_claimed(
+        self, backend: FireClaimBackend
+    ) -> tuple[bool, float | None]:
+        """Whether the backend answered, and the latest claimed fire (None if
+        none was ever claimed); a failure is logged."""
         try:
             stored = await self._backend_call(
                 lambda: backend.last_fire(name=self.key), "last_fire"
             )
         except SyncBackendError as exc:
             self._log_sync_error(exc)
-            # Unknown: go on after `fire` (as if it had been claimed).
-            return fire
-        if stored is None:  # pragma: no cover - a mark never goes away
-            return max(fire - 0.001, horizon)
-        logger.debug(
-            "Cron fires unclaimed before %s: %s claims them from %s",
-            to_datetime(fire).isoformat(),
-            self._name,
-            to_datetime(stored / 1000).isoformat(),
-        )
-        return max(stored / 1000, horizon)
+            return False, None
+        return True, None if stored is None else stored / 1000
 
     async def _resume_point(
         self, backend: FireClaimBackend, now: float
@@ -368,16 +377,8 @@ class CronTask(SyncErrorLog):
         `FIRE_BEHIND`, the claims staying in order). Going on from the
         latest claimed fire saves those round trips.
         """
-        try:
-            stored = await self._backend_call(
-                lambda: backend.last_fire(name=self.key), "last_fire"
-            )
-        except SyncBackendError as exc:
-            self._log_sync_error(exc)
-            return None
-        if stored is None:
-            return None
-        return max(stored / 1000, now - CATCH_UP_HORIZON)
+        _, last = await self._latest_claimed(backend)
+        return None if last is None else max(last, now - CATCH_UP_HORIZON)
 
     async def _catch_up(
         self, backend: FireClaimBackend, task_group: TaskGroup, now: float
@@ -396,16 +397,11 @@ class CronTask(SyncErrorLog):
         """
         window_start = now - ON_TIME_WINDOW
         horizon = now - CATCH_UP_HORIZON
-        try:
-            stored = await self._backend_call(
-                lambda: backend.last_fire(name=self.key), "last_fire"
-            )
-        except SyncBackendError as exc:
-            self._log_sync_error(exc)
-            return window_start, True  # unknown: read again before claiming
-        if stored is None:
+        _, last = await self._latest_claimed(backend)
+        if last is None:
+            # Unknown (not answered: read again before claiming) or never
+            # claimed: the very first start.
             return window_start, True
-        last = stored / 1000
         due = self.schedule.latest_at_or_before(now)
         if due is None or last >= due or last >= horizon:
             return max(last, horizon), False

@@ -543,18 +543,24 @@ class ClaimedMeanwhile(MemorySyncBackend):
 async def test_a_first_start_goes_on_from_a_fire_claimed_meanwhile() -> None:
     """The task's very first start: this worker's window begins 0.5 s back on
     its clock (3.5 s ahead), after fires a slower worker, which has just
-    claimed T0 + 2, has not reached yet. It reads the latest claim again before its
-    first claim and goes on from there, in order: no fire is jumped over."""
+    claimed T0 + 2, has not reached yet. It reads the latest claim again
+    before its first claim and goes on from there, in order."""
     backend = ClaimedMeanwhile(T0 + 2)
+    assert await first_start_fires(backend) == [T0 + i for i in range(3, 11)]
+    assert backend.reads == 2
+
+
+async def first_start_fires(backend: MemorySyncBackend) -> list[float]:
+    """The fires a task runs from its very first start, its clock at T0 + 5.5
+    (its window begins at T0 + 5), until T0 + 10."""
     recorder = Recorder()
-    clock = FakeClock(T0 + 5.5)  # its window begins at T0 + 5
+    clock = FakeClock(T0 + 5.5)
     task = make_task(recorder, clock=clock, backend=backend)
     async with anyio.create_task_group() as tg:
         await tg.start(task)
         await clock.advance(T0 + 10)
         tg.cancel_scope.cancel()
-    assert recorder.fires == [T0 + i for i in range(3, 11)]
-    assert backend.reads == 2
+    return recorder.fires
 
 
 class ClaimedFirst(MemorySyncBackend):
@@ -592,20 +598,13 @@ class ClaimedFirst(MemorySyncBackend):
 async def test_simultaneous_first_claims_leave_no_fire_unclaimed() -> None:
     """The task's very first start on two workers with clocks 3.5 s apart:
     the slow one's first claim (T0 + 2) lands just before the fast one's
-    (T0 + 6, the first fire of its window). The fast worker's
-    claim carries the fire before it, finds it unclaimed, and the fast
-    worker claims and runs the fires from T0 + 3 in order: none is left
-    between the two first claims (a claim that passed over T0 + 3 to
-    T0 + 5 would leave them unclaimable)."""
+    (T0 + 6, the first fire of its window). The fast worker's claim carries
+    the fire before it, finds it unclaimed, and the fast worker claims and
+    runs the fires from T0 + 3 in order: none is left between the two first
+    claims (a claim that passed over T0 + 3 to T0 + 5 would leave them
+    unclaimable)."""
     backend = ClaimedFirst(T0 + 2)
-    recorder = Recorder()
-    clock = FakeClock(T0 + 5.5)  # its window begins at T0 + 5
-    task = make_task(recorder, clock=clock, backend=backend)
-    async with anyio.create_task_group() as tg:
-        await tg.start(task)
-        await clock.advance(T0 + 10)
-        tg.cancel_scope.cancel()
-    assert recorder.fires == [T0 + i for i in range(3, 11)]
+    assert await first_start_fires(backend) == [T0 + i for i in range(3, 11)]
     assert backend.behind == 1
     assert await backend.last_fire(name="cron:job") == (T0 + 10) * 1000
 
