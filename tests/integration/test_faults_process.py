@@ -118,6 +118,11 @@ def test_paused_leader_never_acts_with_the_new_leader(
         resumed_at = leader.resume()
         time.sleep(max(1.0, 5 * t.retry))
         still_alive = leader.alive()
+        # The resumed worker stops first: stopped after the new leader, it
+        # would be elected again in the milliseconds between the two stops
+        # (the new leader releases at its stop, and followers learn it at once).
+        leader.terminate()
+        leader.wait()
         codes = fleet.terminate_all()
         handovers = check_handovers(fleet)
         diagnostics = fleet.diagnostics()
