@@ -248,12 +248,6 @@ class CronTask(SyncErrorLog):
                     late.report(self._name, self.misfire_grace_seconds)
                 await clock.sleep_until(fire)
                 now = clock.now()
-                if first_start and backend is not None:
-                    first_start = False
-                    resume = await self._resume_point(backend, now)
-                    if resume is not None:
-                        fires, previous = schedule.iter_after(resume), None
-                        continue
                 due, fires = skip_late(schedule, fire, now, fires, self._name)
                 if due != fire:
                     previous = None
@@ -362,24 +356,6 @@ class CronTask(SyncErrorLog):
             return False, None
         return True, None if stored is None else stored / 1000
 
-    async def _resume_point(
-        self, backend: FireClaimBackend, now: float
-    ) -> float | None:
-        """Before the first claim of a task's very first start: the latest
-        fire claimed since (by a worker that started first), to go on from,
-        in order; None if still nothing is claimed (or the read failed).
-
-        At start nothing was claimed, so this worker went back
-        `ON_TIME_WINDOW` on its own clock. If it then stalled while another
-        worker began claiming, its next fire may lie before the latest
-        claimed fire (its claims would be refused one by one) or after fires
-        that worker has not reached yet (its claim would answer
-        `FIRE_BEHIND`, the claims staying in order). Going on from the
-        latest claimed fire saves those round trips.
-        """
-        _, last = await self._latest_claimed(backend)
-        return None if last is None else max(last, now - CATCH_UP_HORIZON)
-
     async def _catch_up(
         self, backend: FireClaimBackend, task_group: TaskGroup, now: float
     ) -> tuple[float, bool]:
@@ -388,8 +364,8 @@ class CronTask(SyncErrorLog):
         Returns the instant after which the loop attempts fires in order, and
         whether this is the task's very first start. On the very first start
         (no fire ever claimed), fires due less than `ON_TIME_WINDOW` ago are
-        on time; the latest claimed fire is read again before the first
-        claim (`_resume_point`). Unclaimed fires younger than `CATCH_UP_HORIZON`
+        on time (if another worker starts claiming meanwhile, the claims stay
+        in order: see `_behind`). Unclaimed fires younger than `CATCH_UP_HORIZON`
         are attempted in order too (another worker may be claiming them).
         An older fire never claimed means every worker was down: the latest
         due fire runs once (within the grace), the others are counted in one
@@ -399,8 +375,7 @@ class CronTask(SyncErrorLog):
         horizon = now - CATCH_UP_HORIZON
         _, last = await self._latest_claimed(backend)
         if last is None:
-            # Unknown (not answered: read again before claiming) or never
-            # claimed: the very first start.
+            # Never claimed (or unknown): the very first start.
             return window_start, True
         due = self.schedule.latest_at_or_before(now)
         if due is None or last >= due or last >= horizon:

@@ -521,48 +521,6 @@ async def test_first_start_runs_no_missed_fire() -> None:
     assert recorder.runs == []
 
 
-class ClaimedMeanwhile(MemorySyncBackend):
-    """Nothing is claimed when the task first reads; a worker with a slower
-    clock claims `fire` right after (while this one stalls)."""
-
-    def __init__(self, fire: float) -> None:
-        super().__init__(auto_register=False)
-        self.fire = fire
-        self.reads = 0
-
-    async def last_fire(self, *, name: str) -> int | None:
-        self.reads += 1
-        stored = await super().last_fire(name=name)
-        if self.reads == 1:
-            assert await self.claim_fire(
-                name=name, fire=round(self.fire * 1000), token="slow", lease=None
-            )
-        return stored
-
-
-async def test_a_first_start_goes_on_from_a_fire_claimed_meanwhile() -> None:
-    """The task's very first start: this worker's window begins 0.5 s back on
-    its clock (3.5 s ahead), after fires a slower worker, which has just
-    claimed T0 + 2, has not reached yet. It reads the latest claim again
-    before its first claim and goes on from there, in order."""
-    backend = ClaimedMeanwhile(T0 + 2)
-    assert await first_start_fires(backend) == [T0 + i for i in range(3, 11)]
-    assert backend.reads == 2
-
-
-async def first_start_fires(backend: MemorySyncBackend) -> list[float]:
-    """The fires a task runs from its very first start, its clock at T0 + 5.5
-    (its window begins at T0 + 5), until T0 + 10."""
-    recorder = Recorder()
-    clock = FakeClock(T0 + 5.5)
-    task = make_task(recorder, clock=clock, backend=backend)
-    async with anyio.create_task_group() as tg:
-        await tg.start(task)
-        await clock.advance(T0 + 10)
-        tg.cancel_scope.cancel()
-    return recorder.fires
-
-
 class ClaimedFirst(MemorySyncBackend):
     """Nothing is claimed when the task reads (twice); a worker with a slower
     clock claims `fire` as its very first claim an instant before this
@@ -604,7 +562,14 @@ async def test_simultaneous_first_claims_leave_no_fire_unclaimed() -> None:
     claims (a claim that passed over T0 + 3 to T0 + 5 would leave them
     unclaimable)."""
     backend = ClaimedFirst(T0 + 2)
-    assert await first_start_fires(backend) == [T0 + i for i in range(3, 11)]
+    recorder = Recorder()
+    clock = FakeClock(T0 + 5.5)  # its window begins at T0 + 5
+    task = make_task(recorder, clock=clock, backend=backend)
+    async with anyio.create_task_group() as tg:
+        await tg.start(task)
+        await clock.advance(T0 + 10)
+        tg.cancel_scope.cancel()
+    assert recorder.fires == [T0 + i for i in range(3, 11)]
     assert backend.behind == 1
     assert await backend.last_fire(name="cron:job") == (T0 + 10) * 1000
 
